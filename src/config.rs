@@ -1,0 +1,410 @@
+//! Configuration: TOML in, ready-to-use objects out.
+//!
+//! Two stages, so a bad config never reaches a request: the raw TOML tree is first expanded
+//! (`${VAR}` from the environment, `<secret>_file` read from disk), then deserialised into typed
+//! sections whose keys, URLs and backends are parsed and checked once, at start-up.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::envelope::{Envelope, EnvelopeMode};
+use crate::forward::Backend;
+use crate::provider::{self, Provider};
+use crate::secret::Secret;
+
+/// Secret-bearing keys that may also be given as `<key>_file` (the file's content, trimmed).
+const SECRET_KEYS: &[&str] = &["apiv3_key", "api_key", "notify_key", "admin_token"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("`{key}`: environment variable {var} is not set")]
+    MissingEnv { key: String, var: String },
+    #[error("`{key}`: cannot read {path}: {source}")]
+    File { key: String, path: PathBuf, source: std::io::Error },
+    #[error("`{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        ConfigError::Invalid { key: key.into(), message: message.to_string() }
+    }
+}
+
+/// Where relative paths in the config are resolved: the directory of the config file.
+#[derive(Debug, Clone)]
+pub struct ConfigDir(pub PathBuf);
+
+impl ConfigDir {
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.0.join(path)
+        }
+    }
+
+    /// Reads a file named by config key `key`, naming the key (not the content) on failure.
+    pub fn read(&self, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+        let full = self.resolve(path);
+        std::fs::read(&full).map_err(|source| ConfigError::File { key: key.to_string(), path: full, source })
+    }
+}
+
+/// The whole validated configuration.
+pub struct Config {
+    pub server: ServerSettings,
+    pub ledger: LedgerSettings,
+    pub accounts: HashMap<String, Account>,
+    pub routes: HashMap<String, Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub admin_listen: String,
+    pub threads: usize,
+    pub body_limit: usize,
+    /// Every provider reply goes out within this, success or failure (WeChat waits 5 s).
+    pub reply_budget: Duration,
+    pub admin_tokens: Vec<(String, Secret)>,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub grace_period: Duration,
+    pub upstream_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub enum LedgerBackend {
+    Embedded { path: PathBuf },
+    Redis { url: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    pub backend: LedgerBackend,
+    pub key_prefix: String,
+    pub done_ttl: Duration,
+    /// Bound on each ledger call; past it the ledger counts as unavailable (fail closed).
+    pub timeout: Duration,
+}
+
+/// A provider account: the `{account}` path segment.
+pub struct Account {
+    pub name: String,
+    pub provider: Arc<dyn Provider>,
+}
+
+/// A backend route: the `{type}` path segment.
+pub struct Route {
+    pub name: String,
+    pub backend: Backend,
+    pub envelope: Envelope,
+    pub timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    ledger: RawLedger,
+    #[serde(default)]
+    accounts: HashMap<String, toml::Table>,
+    #[serde(default)]
+    routes: HashMap<String, RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    admin_listen: String,
+    #[serde(default = "default_threads")]
+    threads: usize,
+    #[serde(default = "default_body_limit")]
+    body_limit: usize,
+    #[serde(default = "default_reply_budget", with = "humantime_serde")]
+    reply_budget: Duration,
+    admin_token: Option<Secret>,
+    /// Named tokens, so audit lines say who acted: `admin_tokens = { ops = "${OPS_TOKEN}" }`.
+    #[serde(default)]
+    admin_tokens: HashMap<String, Secret>,
+    #[serde(default = "default_pid_file")]
+    pid_file: String,
+    #[serde(default = "default_upgrade_sock")]
+    upgrade_sock: String,
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    grace_period: Duration,
+    /// PEM bundle of CAs trusted for https backends and provider APIs (default: platform roots).
+    upstream_ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    backend: String,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    #[serde(default = "default_prefix")]
+    key_prefix: String,
+    #[serde(default = "default_done_ttl", with = "humantime_serde")]
+    done_ttl: Duration,
+    #[serde(default = "default_ledger_timeout", with = "humantime_serde")]
+    timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    backend: String,
+    #[serde(default)]
+    envelope: EnvelopeMode,
+    notify_key: Secret,
+    #[serde(default = "default_route_timeout", with = "humantime_serde")]
+    timeout: Duration,
+}
+
+fn default_threads() -> usize {
+    2
+}
+fn default_body_limit() -> usize {
+    64 * 1024
+}
+fn default_reply_budget() -> Duration {
+    Duration::from_millis(4500)
+}
+fn default_pid_file() -> String {
+    "/tmp/payhook.pid".into()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/payhook_upgrade.sock".into()
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_prefix() -> String {
+    "payhook:".into()
+}
+fn default_done_ttl() -> Duration {
+    Duration::from_secs(72 * 3600)
+}
+fn default_ledger_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_route_timeout() -> Duration {
+    Duration::from_secs(4)
+}
+
+/// Serde adapter for "4s", "72h", "500ms".
+mod humantime_serde {
+    use serde::Deserialize;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde adapter for provider sections: durations such as `timestamp_tolerance = "5m"`.
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| ConfigError::invalid(key, e))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, &ConfigDir(dir))
+    }
+
+    pub fn parse(text: &str, dir: &ConfigDir) -> Result<Config, ConfigError> {
+        let mut tree: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        expand_table(&mut tree, "", dir)?;
+        let raw = RawConfig::deserialize(toml::Value::Table(tree))
+            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        build(raw, dir)
+    }
+}
+
+fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
+    check_addr("server.listen", &raw.server.listen)?;
+    check_addr("server.admin_listen", &raw.server.admin_listen)?;
+    if raw.server.threads == 0 {
+        return Err(ConfigError::invalid("server.threads", "must be at least 1"));
+    }
+    let mut admin_tokens: Vec<(String, Secret)> = raw.server.admin_tokens.into_iter().collect();
+    if let Some(token) = raw.server.admin_token {
+        admin_tokens.push(("admin".to_string(), token));
+    }
+    for (name, token) in &admin_tokens {
+        if token.expose().len() < 16 {
+            return Err(ConfigError::invalid(format!("server.admin_tokens.{name}"), "must be at least 16 characters"));
+        }
+    }
+    let server = ServerSettings {
+        listen: raw.server.listen,
+        admin_listen: raw.server.admin_listen,
+        threads: raw.server.threads,
+        body_limit: raw.server.body_limit,
+        reply_budget: raw.server.reply_budget,
+        admin_tokens,
+        pid_file: raw.server.pid_file,
+        upgrade_sock: raw.server.upgrade_sock,
+        grace_period: raw.server.grace_period,
+        upstream_ca_file: raw.server.upstream_ca_file.map(|p| dir.resolve(&p)),
+    };
+
+    let backend = match raw.ledger.backend.as_str() {
+        "embedded" => LedgerBackend::Embedded {
+            path: dir.resolve(raw.ledger.path.as_deref().unwrap_or(Path::new("data/ledger"))),
+        },
+        "redis" => {
+            let url = raw.ledger.url.ok_or_else(|| ConfigError::invalid("ledger.url", "required for the redis ledger"))?;
+            redis::Client::open(url.as_str()).map_err(|e| ConfigError::invalid("ledger.url", e))?;
+            LedgerBackend::Redis { url }
+        }
+        other => return Err(ConfigError::invalid("ledger.backend", format!("unknown backend {other:?} (embedded | redis)"))),
+    };
+    let ledger = LedgerSettings {
+        backend,
+        key_prefix: raw.ledger.key_prefix,
+        done_ttl: raw.ledger.done_ttl,
+        timeout: raw.ledger.timeout,
+    };
+
+    let mut accounts = HashMap::new();
+    for (name, table) in raw.accounts {
+        check_segment(&format!("accounts.{name}"), &name)?;
+        let provider = provider::build(&name, table, dir)?;
+        accounts.insert(name.clone(), Account { name, provider });
+    }
+    if accounts.is_empty() {
+        return Err(ConfigError::invalid("accounts", "at least one provider account is required"));
+    }
+
+    let mut routes = HashMap::new();
+    for (name, route) in raw.routes {
+        let key = format!("routes.{name}");
+        check_segment(&key, &name)?;
+        if route.timeout >= server.reply_budget {
+            return Err(ConfigError::invalid(
+                format!("{key}.timeout"),
+                "must be shorter than server.reply_budget, or the provider hears nothing",
+            ));
+        }
+        let backend = Backend::parse(&route.backend).map_err(|e| ConfigError::invalid(format!("{key}.backend"), e))?;
+        let envelope = Envelope::new(route.envelope, route.notify_key)
+            .map_err(|e| ConfigError::invalid(format!("{key}.notify_key"), e))?;
+        routes.insert(name.clone(), Route { name, backend, envelope, timeout: route.timeout });
+    }
+    if routes.is_empty() {
+        return Err(ConfigError::invalid("routes", "at least one route (payment type) is required"));
+    }
+    Ok(Config { server, ledger, accounts, routes })
+}
+
+fn check_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
+    addr.parse::<SocketAddr>().map(|_| ()).map_err(|e| ConfigError::invalid(key, format!("{addr:?}: {e}")))
+}
+
+/// Account and type names are URL path segments and metric labels: keep them plain.
+fn check_segment(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, "names may only use A-Z a-z 0-9 - _ (at most 64)"))
+    }
+}
+
+/// Expands `${VAR}` in every string and `<secret>_file` keys, in place.
+fn expand_table(table: &mut toml::Table, prefix: &str, dir: &ConfigDir) -> Result<(), ConfigError> {
+    let keys: Vec<String> = table.keys().cloned().collect();
+    for key in keys {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        if let Some(secret) = key.strip_suffix("_file").filter(|s| SECRET_KEYS.contains(s)) {
+            let Some(toml::Value::String(file)) = table.remove(&key) else {
+                return Err(ConfigError::invalid(path, "must be a file path"));
+            };
+            let file = expand_env(&path, &file)?;
+            let bytes = dir.read(&path, Path::new(&file))?;
+            let text = String::from_utf8(bytes).map_err(|_| ConfigError::invalid(&path, "file is not UTF-8"))?;
+            let secret_path = if prefix.is_empty() { secret.to_string() } else { format!("{prefix}.{secret}") };
+            if table.contains_key(secret) {
+                return Err(ConfigError::invalid(secret_path, format!("set both `{secret}` and `{key}`; pick one")));
+            }
+            table.insert(secret.to_string(), toml::Value::String(text.trim_end_matches(['\r', '\n']).to_string()));
+            continue;
+        }
+        if let Some(value) = table.get_mut(&key) {
+            expand_value(value, &path, dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn expand_value(value: &mut toml::Value, path: &str, dir: &ConfigDir) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => *s = expand_env(path, s)?,
+        toml::Value::Table(t) => expand_table(t, path, dir)?,
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_value(item, &format!("{path}[{i}]"), dir)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_env(key: &str, text: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| ConfigError::invalid(key, "unterminated ${"))?;
+        let var = &after[..end];
+        let value = std::env::var(var).map_err(|_| ConfigError::MissingEnv { key: key.to_string(), var: var.to_string() })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_expansion_names_the_key_not_the_value() {
+        std::env::set_var("PAYHOOK_TEST_SET", "abc");
+        assert_eq!(expand_env("k", "x${PAYHOOK_TEST_SET}y").unwrap(), "xabcy");
+        let err = expand_env("routes.goods.notify_key", "${PAYHOOK_TEST_UNSET_VAR}").unwrap_err();
+        assert_eq!(err.to_string(), "`routes.goods.notify_key`: environment variable PAYHOOK_TEST_UNSET_VAR is not set");
+    }
+
+    #[test]
+    fn secret_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k.txt"), "s3cret\n").unwrap();
+        let mut t: toml::Table = "[r]\nnotify_key_file = \"k.txt\"\n".parse().unwrap();
+        expand_table(&mut t, "", &ConfigDir(dir.path().to_path_buf())).unwrap();
+        assert_eq!(t["r"]["notify_key"].as_str(), Some("s3cret"));
+        let mut missing: toml::Table = "[r]\nnotify_key_file = \"nope.txt\"\n".parse().unwrap();
+        let err = expand_table(&mut missing, "", &ConfigDir(dir.path().to_path_buf())).unwrap_err();
+        assert!(err.to_string().starts_with("`r.notify_key_file`: cannot read"), "{err}");
+    }
+}

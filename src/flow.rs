@@ -1,0 +1,244 @@
+//! The path of one paid order, as plain async Rust: verify → claim → envelope → forward → settle.
+//!
+//! Nothing here knows about pingora; the gateway glue hands in bytes and writes back the
+//! [`Reply`] of the returned [`Decision`]. The same [`Gateway::deliver_once`] serves provider
+//! notifications and active queries, so both meet at one dedupe gate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::time::timeout_at;
+
+use crate::config::{Account, Config, Route};
+use crate::forward::Forwarder;
+use crate::ledger::{Claim, Ledger, LedgerError, OrderState};
+use crate::metrics;
+use crate::order::{order_data, NotifyMode};
+use crate::provider::{Answer, Inbound, PaidOrder, Reply, Verified};
+
+/// A lease outlives the backend timeout by this much, so a slow but successful forward is
+/// never taken over while its owner is still settling it.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Kept back from the reply budget for settling the ledger after the backend answers.
+const SETTLE_RESERVE: Duration = Duration::from_millis(300);
+/// How often a request that met a live lease looks at the ledger again.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(25);
+
+/// How one notification ended: the `outcome` metric label and what the provider hears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Forwarded,
+    Duplicate,
+    /// Met another owner's lease and waited; `settled` is whether that owner delivered.
+    InFlight { settled: bool },
+    NotPaid,
+    Rejected(&'static str),
+    BackendFailed(&'static str),
+    LedgerUnavailable,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Duplicate => "duplicate",
+            Outcome::InFlight { .. } => "in_flight",
+            Outcome::NotPaid => "not_paid",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::BackendFailed(_) => "backend_failed",
+            Outcome::LedgerUnavailable => "ledger_unavailable",
+        }
+    }
+
+    pub fn answer(&self) -> Answer {
+        match self {
+            Outcome::Forwarded | Outcome::Duplicate | Outcome::NotPaid | Outcome::InFlight { settled: true } => Answer::Success,
+            Outcome::Rejected(_) => Answer::Rejected,
+            Outcome::InFlight { settled: false } | Outcome::BackendFailed(_) | Outcome::LedgerUnavailable => Answer::Retry,
+        }
+    }
+
+    /// The short reason a provider sees in a failure reply: a fixed label, nothing more.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Outcome::Rejected(r) | Outcome::BackendFailed(r) => r,
+            Outcome::InFlight { settled: false } => "in_flight",
+            Outcome::LedgerUnavailable => "ledger_unavailable",
+            _ => "OK",
+        }
+    }
+}
+
+/// What the gateway decided for one request.
+#[derive(Debug)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub reply: Reply,
+}
+
+/// The `{account}` or `{type}` of the path is not configured.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotFound;
+
+pub struct Gateway {
+    accounts: HashMap<String, Account>,
+    routes: HashMap<String, Route>,
+    ledger: Arc<dyn Ledger>,
+    forwarder: Arc<Forwarder>,
+    reply_budget: Duration,
+}
+
+impl Gateway {
+    pub fn new(config: Config, ledger: Arc<dyn Ledger>, forwarder: Arc<Forwarder>) -> Self {
+        Gateway {
+            accounts: config.accounts,
+            routes: config.routes,
+            ledger,
+            forwarder,
+            reply_budget: config.server.reply_budget,
+        }
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.accounts.get(name)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.get(name)
+    }
+
+    /// Handles `POST /notify/{account}/{type}` with the exact body bytes.
+    pub async fn notify(&self, account: &str, order_type: &str, headers: &http::HeaderMap, body: &[u8]) -> Result<Decision, NotFound> {
+        let started = Instant::now();
+        let (Some(acct), Some(route)) = (self.accounts.get(account), self.routes.get(order_type)) else {
+            return Err(NotFound);
+        };
+        let deadline = tokio::time::Instant::from_std(started + self.reply_budget);
+        let inbound = Inbound { headers, body, now: chrono::Utc::now().timestamp() };
+        let mut out_trade_no = None;
+        let outcome = match acct.provider.verify(&inbound) {
+            Err(e) => {
+                metrics::VERIFY_FAILURES.with_label_values(&[account, e.reason()]).inc();
+                // WeChat's deliberate probes are expected traffic, not an attack.
+                if e.reason() == "probe_signature" {
+                    tracing::info!(account, error = %e, "provider probe signature rejected");
+                } else {
+                    tracing::warn!(account, error = %e, "notification failed verification");
+                }
+                Outcome::Rejected(e.reason())
+            }
+            Ok(Verified::NotPayment { what }) => {
+                tracing::info!(account, what, "verified notification is not a payment; acknowledged");
+                Outcome::NotPaid
+            }
+            Ok(Verified::Paid(paid)) => {
+                out_trade_no = Some(paid.out_trade_no.clone());
+                match timeout_at(deadline, self.deliver_once(account, route, &paid, NotifyMode::Notification, deadline)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Outcome::BackendFailed("reply_budget"),
+                }
+            }
+        };
+        metrics::NOTIFICATIONS.with_label_values(&[account, order_type, outcome.label()]).inc();
+        tracing::info!(
+            account,
+            r#type = order_type,
+            out_trade_no = out_trade_no.as_deref().unwrap_or("-"),
+            outcome = outcome.label(),
+            reason = outcome.reason(),
+            latency_ms = started.elapsed().as_secs_f64() * 1e3,
+            "notification decided"
+        );
+        Ok(Decision { reply: acct.provider.reply(outcome.answer(), outcome.reason()), outcome })
+    }
+
+    /// The dedupe gate and the forward: the backend sees this order at most once while the
+    /// ledger holds, and a failure gives the order back so the provider's retry forwards again.
+    pub async fn deliver_once(
+        &self,
+        account: &str,
+        route: &Route,
+        paid: &PaidOrder,
+        mode: NotifyMode,
+        deadline: tokio::time::Instant,
+    ) -> Outcome {
+        let key = format!("{account}:{}", paid.out_trade_no);
+        let lease = match self.ledger.claim(&key, route.timeout + LEASE_MARGIN, mode).await {
+            Ok(Claim::Owned(lease)) => lease,
+            Ok(Claim::Done) => return Outcome::Duplicate,
+            Ok(Claim::InFlight) => return self.await_owner(&key, deadline).await,
+            // Fail closed: without the gate we cannot promise "once", so the provider retries.
+            Err(e) => return ledger_failed(&key, "claim", e),
+        };
+
+        let data = order_data(paid, &route.name, mode, chrono::Utc::now().timestamp_millis());
+        let stored = serde_json::to_string(&data).expect("a JSON map serialises");
+        let body = route.envelope.seal(&data);
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).saturating_sub(SETTLE_RESERVE);
+        let result = self.forward(route, body, route.timeout.min(remaining)).await;
+
+        match result {
+            Ok(()) => {
+                match self.ledger.complete(&key, &lease, &stored).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(key, "lease was taken over before completion; backend already accepted"),
+                    // The backend accepted the order, so the provider hears success; the lease
+                    // expires and a later duplicate may forward again (at-least-once).
+                    Err(e) => {
+                        ledger_failed(&key, "complete", e);
+                    }
+                }
+                Outcome::Forwarded
+            }
+            Err(reason) => {
+                if let Err(e) = self.ledger.release(&key, &lease, reason).await {
+                    ledger_failed(&key, "release", e);
+                }
+                Outcome::BackendFailed(reason)
+            }
+        }
+    }
+
+    /// POSTs an envelope to the route's backend, counting and timing it.
+    pub async fn forward(&self, route: &Route, body: Vec<u8>, timeout: Duration) -> Result<(), &'static str> {
+        let started = Instant::now();
+        let result = self.forwarder.deliver(&route.backend, body, timeout).await;
+        metrics::BACKEND_DURATION.with_label_values(&[&route.name]).observe(started.elapsed().as_secs_f64());
+        let label = match &result {
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::warn!(r#type = route.name, backend = route.backend.url(), error = %e, "backend did not accept the order");
+                e.reason()
+            }
+        };
+        metrics::BACKEND_REQUESTS.with_label_values(&[&route.name, label]).inc();
+        result.map_err(|e| e.reason())
+    }
+
+    /// Waits for another owner's outcome within the reply budget.
+    async fn await_owner(&self, key: &str, deadline: tokio::time::Instant) -> Outcome {
+        loop {
+            match self.ledger.record(key).await {
+                Ok(Some(r)) if r.state == OrderState::Done => return Outcome::InFlight { settled: true },
+                Ok(Some(r)) if r.state == OrderState::InFlight => {}
+                Ok(_) => return Outcome::InFlight { settled: false },
+                Err(e) => return ledger_failed(key, "record", e),
+            }
+            if tokio::time::Instant::now() + IN_FLIGHT_POLL + SETTLE_RESERVE >= deadline {
+                return Outcome::InFlight { settled: false };
+            }
+            tokio::time::sleep(IN_FLIGHT_POLL).await;
+        }
+    }
+}
+
+fn ledger_failed(key: &str, op: &'static str, e: LedgerError) -> Outcome {
+    metrics::LEDGER_ERRORS.inc();
+    tracing::error!(key, op, error = %e, "ledger call failed; answering failure (fail closed)");
+    Outcome::LedgerUnavailable
+}

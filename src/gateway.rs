@@ -1,0 +1,137 @@
+//! pingora glue for the notify listener: route the path, read the body within its limit,
+//! hand the bytes to [`Gateway::notify`], write the reply with an exact Content-Length.
+//! Every decision lives in [`crate::flow`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::flow::Gateway;
+use crate::metrics;
+use crate::provider::Reply;
+
+/// A client has this long to send the whole body (slowloris bound).
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct NotifyApp {
+    gateway: Arc<Gateway>,
+    body_limit: usize,
+}
+
+impl NotifyApp {
+    pub fn new(gateway: Arc<Gateway>, body_limit: usize) -> Self {
+        NotifyApp { gateway, body_limit }
+    }
+}
+
+/// `/notify/{account}/{type}` → (account, type).
+pub fn parse_notify_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/notify/")?;
+    let (account, order_type) = rest.split_once('/')?;
+    let order_type = order_type.strip_suffix('/').unwrap_or(order_type);
+    if account.is_empty() || order_type.is_empty() || order_type.contains('/') {
+        return None;
+    }
+    Some((account, order_type))
+}
+
+enum BodyError {
+    TooLarge,
+    Timeout,
+    Io,
+}
+
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, BodyError> {
+    let declared = session
+        .get_header(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let expects_continue =
+        session.get_header(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let read = async {
+        if expects_continue {
+            session.write_continue_response().await.map_err(|_| BodyError::Io)?;
+        }
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+        while let Some(chunk) = session.read_request_body().await.map_err(|_| BodyError::Io)? {
+            if buf.len() + chunk.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(BODY_DEADLINE, read).await.unwrap_or(Err(BodyError::Timeout))
+}
+
+fn plain(status: u16, text: &'static str) -> Response<Vec<u8>> {
+    respond(&Reply { status, content_type: Some("text/plain"), body: Bytes::from_static(text.as_bytes()) })
+}
+
+fn respond(reply: &Reply) -> Response<Vec<u8>> {
+    let mut builder = Response::builder().status(reply.status).header(http::header::CONTENT_LENGTH, reply.body.len());
+    if let Some(ct) = reply.content_type {
+        builder = builder.header(http::header::CONTENT_TYPE, ct);
+    }
+    builder.body(reply.body.to_vec()).expect("static status and headers are valid")
+}
+
+#[async_trait]
+impl ServeHttp for NotifyApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let Some((account, order_type)) = parse_notify_path(&path) else {
+            return plain(404, "not found");
+        };
+        if session.req_header().method != http::Method::POST {
+            return plain(405, "method not allowed");
+        }
+        if self.gateway.account(account).is_none() || self.gateway.route(order_type).is_none() {
+            metrics::NOTIFICATIONS.with_label_values(&["-", "-", "not_found"]).inc();
+            tracing::warn!(path, "notification for an unknown account or type");
+            return plain(404, "not found");
+        }
+        let body = match read_body(session, self.body_limit).await {
+            Ok(body) => body,
+            Err(e) => {
+                // An unread body must not be parsed as the next request on this connection.
+                session.set_keepalive(None);
+                let (status, text) = match e {
+                    BodyError::TooLarge => (413, "payload too large"),
+                    BodyError::Timeout => (408, "request timeout"),
+                    BodyError::Io => (400, "bad request"),
+                };
+                tracing::warn!(account, r#type = order_type, status, "notification body not read");
+                return plain(status, text);
+            }
+        };
+        let headers = session.req_header().headers.clone();
+        match self.gateway.notify(account, order_type, &headers, &body).await {
+            Ok(decision) => respond(&decision.reply),
+            Err(_) => plain(404, "not found"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_paths() {
+        assert_eq!(parse_notify_path("/notify/wx-main/goods"), Some(("wx-main", "goods")));
+        assert_eq!(parse_notify_path("/notify/wx-main/goods/"), Some(("wx-main", "goods")));
+        assert_eq!(parse_notify_path("/notify/wx-main"), None);
+        assert_eq!(parse_notify_path("/notify//goods"), None);
+        assert_eq!(parse_notify_path("/notify/a/b/c"), None);
+        assert_eq!(parse_notify_path("/other/a/b"), None);
+    }
+}

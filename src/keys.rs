@@ -1,0 +1,158 @@
+//! RSA keys and X.509 certificates as providers publish them (PEM, bare base64 SPKI, certificates).
+//!
+//! ring does the RSA work (it is already in pingora's tree through rustls); it wants the PKCS#1
+//! `RSAPublicKey`, so SPKI and certificates are unwrapped with x509-parser here, once, at start-up.
+
+use ring::signature::{self, RsaKeyPair, UnparsedPublicKey};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not PEM: {0}")]
+    Pem(String),
+    #[error("unsupported PEM block {0:?}")]
+    Block(String),
+    #[error("malformed key or certificate: {0}")]
+    Der(String),
+    #[error("not an RSA key")]
+    NotRsa,
+    #[error("certificate is not signed by the configured root")]
+    Chain,
+}
+
+/// An RSA public key ready for PKCS#1 v1.5 verification.
+#[derive(Clone)]
+pub struct RsaPublicKey {
+    pkcs1_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for RsaPublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RsaPublicKey")
+    }
+}
+
+impl RsaPublicKey {
+    /// Accepts `PUBLIC KEY` (SPKI), `RSA PUBLIC KEY` (PKCS#1) or a `CERTIFICATE`.
+    pub fn from_pem(text: &[u8]) -> Result<Self, KeyError> {
+        let block = pem::parse(text).map_err(|e| KeyError::Pem(e.to_string()))?;
+        match block.tag() {
+            "PUBLIC KEY" => Self::from_spki_der(block.contents()),
+            "RSA PUBLIC KEY" => Ok(RsaPublicKey { pkcs1_der: block.contents().to_vec() }),
+            "CERTIFICATE" => Ok(Certificate::from_der(block.contents())?.public_key),
+            other => Err(KeyError::Block(other.to_string())),
+        }
+    }
+
+    /// Alipay's console hands out the SPKI as one base64 line without PEM armour.
+    pub fn from_base64_spki(text: &str) -> Result<Self, KeyError> {
+        use base64::Engine;
+        let compact: String = text.split_whitespace().collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .map_err(|e| KeyError::Pem(e.to_string()))?;
+        Self::from_spki_der(&der)
+    }
+
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
+        let (_, spki) = SubjectPublicKeyInfo::from_der(der).map_err(|e| KeyError::Der(e.to_string()))?;
+        Self::from_spki(&spki)
+    }
+
+    fn from_spki(spki: &SubjectPublicKeyInfo) -> Result<Self, KeyError> {
+        if spki.algorithm.algorithm != x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION {
+            return Err(KeyError::NotRsa);
+        }
+        Ok(RsaPublicKey { pkcs1_der: spki.subject_public_key.data.to_vec() })
+    }
+
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (WeChat v3 "WECHATPAY2-SHA256-RSA2048", Alipay RSA2).
+    pub fn verify_sha256(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &self.pkcs1_der)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+/// A certificate's serial (uppercase hex, as WeChat's `Wechatpay-Serial`) and its RSA key.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pub serial_hex: String,
+    pub public_key: RsaPublicKey,
+    der: Vec<u8>,
+}
+
+impl Certificate {
+    pub fn from_pem(text: &[u8]) -> Result<Self, KeyError> {
+        let block = pem::parse(text).map_err(|e| KeyError::Pem(e.to_string()))?;
+        if block.tag() != "CERTIFICATE" {
+            return Err(KeyError::Block(block.tag().to_string()));
+        }
+        Self::from_der(block.contents())
+    }
+
+    pub fn from_der(der: &[u8]) -> Result<Self, KeyError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| KeyError::Der(e.to_string()))?;
+        let serial_hex = hex::encode_upper(cert.tbs_certificate.raw_serial()).trim_start_matches("00").to_string();
+        let public_key = RsaPublicKey::from_spki(cert.public_key())?;
+        Ok(Certificate { serial_hex, public_key, der: der.to_vec() })
+    }
+
+    /// True when `issuer` signed this certificate (Alipay certificate mode: leaf → root).
+    pub fn check_signed_by(&self, issuer: &Certificate) -> Result<(), KeyError> {
+        let (_, cert) = X509Certificate::from_der(&self.der).map_err(|e| KeyError::Der(e.to_string()))?;
+        let (_, issuer) = X509Certificate::from_der(&issuer.der).map_err(|e| KeyError::Der(e.to_string()))?;
+        cert.verify_signature(Some(issuer.public_key())).map_err(|_| KeyError::Chain)
+    }
+}
+
+/// All certificates in a PEM bundle (Alipay's root file holds several).
+pub fn certificates_from_pem(text: &[u8]) -> Result<Vec<Certificate>, KeyError> {
+    let blocks = pem::parse_many(text).map_err(|e| KeyError::Pem(e.to_string()))?;
+    blocks
+        .iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| Certificate::from_der(b.contents()))
+        .collect()
+}
+
+/// An RSA private key for signing (order queries to providers, the simulator).
+pub struct RsaPrivateKey(RsaKeyPair);
+
+impl std::fmt::Debug for RsaPrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RsaPrivateKey([redacted])")
+    }
+}
+
+impl RsaPrivateKey {
+    /// `PRIVATE KEY` (PKCS#8) or `RSA PRIVATE KEY` (PKCS#1).
+    pub fn from_pem(text: &[u8]) -> Result<Self, KeyError> {
+        let block = pem::parse(text).map_err(|e| KeyError::Pem(e.to_string()))?;
+        let pair = match block.tag() {
+            "PRIVATE KEY" => RsaKeyPair::from_pkcs8(block.contents()),
+            "RSA PRIVATE KEY" => RsaKeyPair::from_der(block.contents()),
+            other => return Err(KeyError::Block(other.to_string())),
+        }
+        .map_err(|e| KeyError::Der(e.to_string()))?;
+        Ok(RsaPrivateKey(pair))
+    }
+
+    pub fn sign_sha256(&self, message: &[u8]) -> Vec<u8> {
+        let rng = ring::rand::SystemRandom::new();
+        let mut sig = vec![0u8; self.0.public().modulus_len()];
+        self.0
+            .sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut sig)
+            .expect("RSA signing with a valid key and buffer cannot fail");
+        sig
+    }
+}
+
+/// A random hex string (nonces, lease tokens).
+pub fn random_hex(bytes: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new().fill(&mut buf).expect("system RNG");
+    hex::encode(buf)
+}

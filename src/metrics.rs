@@ -1,0 +1,70 @@
+//! Every Prometheus metric payhook exports, in one place. Label values are fixed vocabularies
+//! (configured account and type names, `reason()` labels), never request data, so a flood of
+//! garbage cannot grow the series count.
+
+use once_cell::sync::Lazy;
+use prometheus::{register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec, IntCounter, IntCounterVec};
+
+/// One per handled notification; `outcome` is [`crate::flow::Outcome::label`].
+pub static NOTIFICATIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!("payhook_notifications_total", "Notifications handled, by outcome", &["account", "type", "outcome"])
+        .expect("metric registers once")
+});
+
+pub static VERIFY_FAILURES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!("payhook_verify_failures_total", "Notifications that failed verification", &["account", "reason"])
+        .expect("metric registers once")
+});
+
+pub static BACKEND_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!("payhook_backend_requests_total", "Forwards to backends, by result", &["type", "result"])
+        .expect("metric registers once")
+});
+
+pub static BACKEND_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "payhook_backend_duration_seconds",
+        "Backend round trip",
+        &["type"],
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static LEDGER_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!("payhook_ledger_errors_total", "Ledger calls that failed or timed out").expect("metric registers once")
+});
+
+pub static SYNC: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!("payhook_sync_total", "Active order syncs, by result", &["account", "result"]).expect("metric registers once")
+});
+
+pub static PROVIDER_QUERY_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!("payhook_provider_query_duration_seconds", "Provider order-query round trip", &["account"])
+        .expect("metric registers once")
+});
+
+pub static REPLAYS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!("payhook_replays_total", "Admin re-pushes of done orders", &["type", "result"])
+        .expect("metric registers once")
+});
+
+/// Forces registration so `/metrics` lists every family from the start.
+pub fn init() {
+    Lazy::force(&NOTIFICATIONS);
+    Lazy::force(&VERIFY_FAILURES);
+    Lazy::force(&BACKEND_REQUESTS);
+    Lazy::force(&BACKEND_DURATION);
+    Lazy::force(&LEDGER_ERRORS);
+    Lazy::force(&SYNC);
+    Lazy::force(&PROVIDER_QUERY_DURATION);
+    Lazy::force(&REPLAYS);
+}
+
+/// The Prometheus text exposition of every registered metric.
+pub fn render() -> Vec<u8> {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut out).expect("text encoding into a Vec");
+    out
+}
