@@ -1,0 +1,193 @@
+//! A minimal HTTP/1.1 client and server for tests, so every byte on the wire is visible.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one request on a fresh connection (`Connection: close`) and reads the whole reply.
+pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader).await?;
+    let mut body = Vec::new();
+    if let Some(len) = headers.get("content-length") {
+        body.resize(len.parse().unwrap(), 0);
+        reader.read_exact(&mut body).await?;
+    } else if headers.get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await?;
+            let n = usize::from_str_radix(line.trim(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        reader.read_to_end(&mut body).await?;
+    }
+    Ok(Response { status: status.parse().unwrap(), headers, body })
+}
+
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    send(addr, "GET", path, headers, b"").await.expect("GET")
+}
+
+async fn read_head<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> std::io::Result<(String, HashMap<String, String>)> {
+    let mut first = String::new();
+    if reader.read_line(&mut first).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let second = first.split_whitespace().nth(1).unwrap_or_default().to_string();
+    Ok((second, headers))
+}
+
+/// One request a test server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// What a test server answers: status, content type, body, and an optional delay first.
+#[derive(Debug, Clone)]
+pub struct Canned {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub delay: Duration,
+}
+
+impl Canned {
+    pub fn json(status: u16, body: &str) -> Self {
+        Canned { status, body: body.as_bytes().to_vec(), headers: vec![("Content-Type".into(), "application/json".into())], delay: Duration::ZERO }
+    }
+}
+
+pub type Handler = Arc<dyn Fn(&Received) -> Canned + Send + Sync>;
+
+/// A keep-alive HTTP/1.1 server recording every request (backends and fake provider APIs).
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(handler: Handler) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (handler, log) = (handler.clone(), log.clone());
+                tokio::spawn(async move {
+                    let _ = serve_connection(stream, handler, log).await;
+                });
+            }
+        });
+        TestServer { addr, received, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_connection(stream: TcpStream, handler: Handler, log: Arc<Mutex<Vec<Received>>>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut first = String::new();
+        if reader.read_line(&mut first).await? == 0 {
+            return Ok(());
+        }
+        let mut parts = first.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        let mut headers = HashMap::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).await?;
+        let req = Received { method, path, headers, body };
+        log.lock().unwrap().push(req.clone());
+        let canned = handler(&req);
+        if !canned.delay.is_zero() {
+            tokio::time::sleep(canned.delay).await;
+        }
+        let mut head = format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\n", canned.status, canned.body.len());
+        for (k, v) in &canned.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        write.write_all(head.as_bytes()).await?;
+        write.write_all(&canned.body).await?;
+    }
+}
