@@ -90,10 +90,6 @@ impl Backend {
         Ok(Backend { peer, host: host_header, path, url: url.to_string() })
     }
 
-    pub fn with_path(&self, path: String) -> Backend {
-        Backend { path, ..self.clone() }
-    }
-
     pub fn url(&self) -> &str {
         &self.url
     }

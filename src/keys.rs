@@ -107,16 +107,6 @@ impl Certificate {
     }
 }
 
-/// All certificates in a PEM bundle (Alipay's root file holds several).
-pub fn certificates_from_pem(text: &[u8]) -> Result<Vec<Certificate>, KeyError> {
-    let blocks = pem::parse_many(text).map_err(|e| KeyError::Pem(e.to_string()))?;
-    blocks
-        .iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-        .map(|b| Certificate::from_der(b.contents()))
-        .collect()
-}
-
 /// An RSA private key for signing (order queries to providers, the simulator).
 pub struct RsaPrivateKey(RsaKeyPair);
 

@@ -4,8 +4,8 @@
 //! and builds its own exact replies. Providers do no I/O: keys are parsed when the config is
 //! loaded, and the clock is passed in. Adding a provider is one file plus one arm in [`build`].
 
-// pub mod alipay;
-// pub mod wechat_v2;
+pub mod alipay;
+pub mod wechat_v2;
 pub mod wechat_v3;
 
 use std::sync::Arc;
@@ -133,14 +133,20 @@ pub fn build(account: &str, mut table: toml::Table, dir: &ConfigDir) -> Result<A
     };
     Ok(match kind.as_str() {
         "wechat-v3" => Arc::new(wechat_v3::WechatV3::from_config(&key, section(&key, table)?, dir)?),
-        // "wechat-v2" => Arc::new(wechat_v2::WechatV2::from_config(&key, section(&key, table)?)?),
-        // "alipay" => Arc::new(alipay::Alipay::from_config(&key, section(&key, table)?, dir)?),
+        "wechat-v2" => Arc::new(wechat_v2::WechatV2::from_config(&key, section(&key, table)?)?),
+        "alipay" => Arc::new(alipay::Alipay::from_config(&key, section(&key, table)?, dir)?),
         other => return Err(ConfigError::invalid(format!("{key}.provider"), format!("unknown provider {other:?}"))),
     })
 }
 
 fn section<T: DeserializeOwned>(key: &str, table: toml::Table) -> Result<T, ConfigError> {
     T::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::invalid(key, e.message()))
+}
+
+/// Providers in mainland China stamp local times in Beijing time (UTC+8, no DST): → epoch ms.
+pub(crate) fn beijing_millis(text: &str, format: &str) -> Option<i64> {
+    let local = chrono::NaiveDateTime::parse_from_str(text, format).ok()?;
+    Some((local - chrono::Duration::hours(8)).and_utc().timestamp_millis())
 }
 
 /// `attach` / `passback_params`: a JSON object when it is one, else the plain string.

@@ -96,7 +96,7 @@ impl WechatV2 {
             .filter(|fee| is_digits(fee))
             .and_then(|fee| fee.parse().ok())
             .ok_or_else(|| ProviderError::BadAmount("total_fee".into()))?;
-        let pay_date = beijing_millis(&text("time_end")).ok_or_else(|| ProviderError::Malformed("time_end".into()))?;
+        let pay_date = time_end_millis(&text("time_end")).ok_or_else(|| ProviderError::Malformed("time_end".into()))?;
         Ok(Verified::Paid(PaidOrder {
             provider: "wxpay",
             transaction_id: text("transaction_id"),
@@ -168,7 +168,15 @@ pub fn parse_xml(body: &[u8]) -> Result<BTreeMap<String, String>, ProviderError>
     let (mut name, mut value) = (String::new(), String::new());
     let mut place = Place::Before;
     loop {
-        let event = reader.read_event().map_err(|_| malformed("not well-formed"))?;
+        let event = reader.read_event().map_err(|_| {
+            // An entity declaration outside a DOCTYPE is a syntax error to the reader; label it
+            // as the XXE attempt it is rather than as noise.
+            if body.windows(8).any(|w| w == b"<!ENTITY") {
+                ProviderError::XmlDoctype
+            } else {
+                malformed("not well-formed")
+            }
+        })?;
         place = match (place, event) {
             (_, Event::DocType(_)) => return Err(ProviderError::XmlDoctype),
             (_, Event::Decl(_) | Event::Comment(_) | Event::PI(_)) => place,
@@ -224,12 +232,11 @@ fn is_digits(text: &str) -> bool {
 }
 
 /// `time_end` (`yyyyMMddHHmmss`, Beijing time) → ms since the epoch.
-fn beijing_millis(text: &str) -> Option<i64> {
+fn time_end_millis(text: &str) -> Option<i64> {
     if !is_digits(text) || text.len() != 14 {
         return None;
     }
-    let local = chrono::NaiveDateTime::parse_from_str(text, "%Y%m%d%H%M%S").ok()?;
-    Some((local - chrono::Duration::hours(8)).and_utc().timestamp_millis())
+    super::beijing_millis(text, "%Y%m%d%H%M%S")
 }
 
 impl Provider for WechatV2 {
@@ -422,6 +429,9 @@ mod tests {
     fn xml_parsing_is_strict_and_refuses_dtds() {
         let xxe = br#"<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><xml><a>&xxe;</a></xml>"#;
         assert!(matches!(parse_xml(xxe), Err(ProviderError::XmlDoctype)));
+        let bare = br#"<!ENTITY xxe SYSTEM "file:///etc/passwd"><xml><a>&xxe;</a></xml>"#;
+        assert!(matches!(parse_xml(bare), Err(ProviderError::XmlDoctype)));
+        assert!(matches!(parse_xml(b"<xml><a>1</a></xml><!DOCTYPE x>"), Err(ProviderError::XmlDoctype)));
         let plain = b"<?xml version=\"1.0\"?>\n<xml>\n  <a>x &amp; y</a>\n  <b><![CDATA[<z>]]></b><c/><d></d>\n</xml>\n";
         let fields = parse_xml(plain).unwrap();
         assert_eq!(fields["a"], "x & y");

@@ -201,7 +201,7 @@ impl Provider for WechatV3 {
     fn verify(&self, inbound: &Inbound) -> Result<Verified, ProviderError> {
         self.verify_signature(inbound.headers, inbound.body, inbound.now)?;
         let envelope: Envelope =
-            serde_json::from_slice(inbound.body).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+            serde_json::from_slice(inbound.body).map_err(|_| ProviderError::Malformed("body is not a v3 notification".into()))?;
         if envelope.event_type != "TRANSACTION.SUCCESS" {
             return Ok(Verified::NotPayment { what: format!("event {}", envelope.event_type) });
         }
@@ -211,7 +211,7 @@ impl Provider for WechatV3 {
         }
         let plain = self.decrypt_resource(&resource.nonce, &resource.associated_data, &resource.ciphertext)?;
         let tx: Map<String, Value> =
-            serde_json::from_slice(&plain).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+            serde_json::from_slice(&plain).map_err(|_| ProviderError::Malformed("resource is not a transaction".into()))?;
         self.transaction(tx)
     }
 

@@ -29,8 +29,10 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    stream.set_nodelay(true)?;
+    stream.write_all(&request).await?;
     let mut reader = BufReader::new(stream);
     let (status, headers) = read_head(&mut reader).await?;
     let mut body = Vec::new();
@@ -151,6 +153,7 @@ impl Drop for TestServer {
 }
 
 async fn serve_connection(stream: TcpStream, handler: Handler, log: Arc<Mutex<Vec<Received>>>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -187,7 +190,40 @@ async fn serve_connection(stream: TcpStream, handler: Handler, log: Arc<Mutex<Ve
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
-        write.write_all(head.as_bytes()).await?;
-        write.write_all(&canned.body).await?;
+        let mut reply = head.into_bytes();
+        reply.extend_from_slice(&canned.body);
+        write.write_all(&reply).await?;
+    }
+}
+
+/// A keep-alive connection, for load: many requests on one socket.
+pub struct Conn {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    host: String,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (read, writer) = stream.into_split();
+        Ok(Conn { reader: BufReader::new(read), writer, host: addr.to_string() })
+    }
+
+    pub async fn post(&mut self, path: &str, headers: &[(String, String)], body: &[u8]) -> std::io::Result<u16> {
+        let mut head = format!("POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", self.host, body.len());
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        self.writer.write_all(&request).await?;
+        let (status, headers) = read_head(&mut self.reader).await?;
+        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut buf = vec![0; len];
+        self.reader.read_exact(&mut buf).await?;
+        Ok(status.parse().unwrap_or(0))
     }
 }
