@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::time::timeout_at;
 
 use crate::config::{Account, Config, Route};
@@ -70,6 +71,28 @@ impl Outcome {
     }
 }
 
+/// How [`Gateway::deliver_once`] ended: the part of an [`Outcome`] past verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Forwarded,
+    Duplicate,
+    InFlight { settled: bool },
+    BackendFailed(&'static str),
+    LedgerUnavailable,
+}
+
+impl From<Delivery> for Outcome {
+    fn from(d: Delivery) -> Outcome {
+        match d {
+            Delivery::Forwarded => Outcome::Forwarded,
+            Delivery::Duplicate => Outcome::Duplicate,
+            Delivery::InFlight { settled } => Outcome::InFlight { settled },
+            Delivery::BackendFailed(r) => Outcome::BackendFailed(r),
+            Delivery::LedgerUnavailable => Outcome::LedgerUnavailable,
+        }
+    }
+}
+
 /// What the gateway decided for one request.
 #[derive(Debug)]
 pub struct Decision {
@@ -81,9 +104,15 @@ pub struct Decision {
 #[derive(Debug, PartialEq, Eq)]
 pub struct NotFound;
 
+/// The accounts and routes in force; swapped whole on a reload (SIGHUP), so a request sees
+/// one consistent set from start to end.
+pub struct Routing {
+    pub accounts: HashMap<String, Account>,
+    pub routes: HashMap<String, Route>,
+}
+
 pub struct Gateway {
-    accounts: HashMap<String, Account>,
-    routes: HashMap<String, Route>,
+    routing: ArcSwap<Routing>,
     ledger: Arc<dyn Ledger>,
     forwarder: Arc<Forwarder>,
     reply_budget: Duration,
@@ -92,8 +121,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(config: Config, ledger: Arc<dyn Ledger>, forwarder: Arc<Forwarder>) -> Self {
         Gateway {
-            accounts: config.accounts,
-            routes: config.routes,
+            routing: ArcSwap::from_pointee(Routing { accounts: config.accounts, routes: config.routes }),
             ledger,
             forwarder,
             reply_budget: config.server.reply_budget,
@@ -104,18 +132,26 @@ impl Gateway {
         &self.ledger
     }
 
-    pub fn account(&self, name: &str) -> Option<&Account> {
-        self.accounts.get(name)
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
     }
 
-    pub fn route(&self, name: &str) -> Option<&Route> {
-        self.routes.get(name)
+    /// The accounts and routes in force now.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing.load_full()
+    }
+
+    /// Takes new accounts (keys, certificates) and routes from a reloaded config. Listeners,
+    /// ledger and budgets keep their start-up values: those need a restart (or graceful upgrade).
+    pub fn reload(&self, config: Config) {
+        self.routing.store(Arc::new(Routing { accounts: config.accounts, routes: config.routes }));
     }
 
     /// Handles `POST /notify/{account}/{type}` with the exact body bytes.
     pub async fn notify(&self, account: &str, order_type: &str, headers: &http::HeaderMap, body: &[u8]) -> Result<Decision, NotFound> {
         let started = Instant::now();
-        let (Some(acct), Some(route)) = (self.accounts.get(account), self.routes.get(order_type)) else {
+        let routing = self.routing();
+        let (Some(acct), Some(route)) = (routing.accounts.get(account), routing.routes.get(order_type)) else {
             return Err(NotFound);
         };
         let deadline = tokio::time::Instant::from_std(started + self.reply_budget);
@@ -139,7 +175,7 @@ impl Gateway {
             Ok(Verified::Paid(paid)) => {
                 out_trade_no = Some(paid.out_trade_no.clone());
                 match timeout_at(deadline, self.deliver_once(account, route, &paid, NotifyMode::Notification, deadline)).await {
-                    Ok(outcome) => outcome,
+                    Ok(delivery) => delivery.into(),
                     Err(_) => Outcome::BackendFailed("reply_budget"),
                 }
             }
@@ -166,11 +202,11 @@ impl Gateway {
         paid: &PaidOrder,
         mode: NotifyMode,
         deadline: tokio::time::Instant,
-    ) -> Outcome {
+    ) -> Delivery {
         let key = format!("{account}:{}", paid.out_trade_no);
         let lease = match self.ledger.claim(&key, route.timeout + LEASE_MARGIN, mode).await {
             Ok(Claim::Owned(lease)) => lease,
-            Ok(Claim::Done) => return Outcome::Duplicate,
+            Ok(Claim::Done) => return Delivery::Duplicate,
             Ok(Claim::InFlight) => return self.await_owner(&key, deadline).await,
             // Fail closed: without the gate we cannot promise "once", so the provider retries.
             Err(e) => return ledger_failed(&key, "claim", e),
@@ -193,13 +229,13 @@ impl Gateway {
                         ledger_failed(&key, "complete", e);
                     }
                 }
-                Outcome::Forwarded
+                Delivery::Forwarded
             }
             Err(reason) => {
                 if let Err(e) = self.ledger.release(&key, &lease, reason).await {
                     ledger_failed(&key, "release", e);
                 }
-                Outcome::BackendFailed(reason)
+                Delivery::BackendFailed(reason)
             }
         }
     }
@@ -221,24 +257,24 @@ impl Gateway {
     }
 
     /// Waits for another owner's outcome within the reply budget.
-    async fn await_owner(&self, key: &str, deadline: tokio::time::Instant) -> Outcome {
+    async fn await_owner(&self, key: &str, deadline: tokio::time::Instant) -> Delivery {
         loop {
             match self.ledger.record(key).await {
-                Ok(Some(r)) if r.state == OrderState::Done => return Outcome::InFlight { settled: true },
+                Ok(Some(r)) if r.state == OrderState::Done => return Delivery::InFlight { settled: true },
                 Ok(Some(r)) if r.state == OrderState::InFlight => {}
-                Ok(_) => return Outcome::InFlight { settled: false },
+                Ok(_) => return Delivery::InFlight { settled: false },
                 Err(e) => return ledger_failed(key, "record", e),
             }
             if tokio::time::Instant::now() + IN_FLIGHT_POLL + SETTLE_RESERVE >= deadline {
-                return Outcome::InFlight { settled: false };
+                return Delivery::InFlight { settled: false };
             }
             tokio::time::sleep(IN_FLIGHT_POLL).await;
         }
     }
 }
 
-fn ledger_failed(key: &str, op: &'static str, e: LedgerError) -> Outcome {
+fn ledger_failed(key: &str, op: &'static str, e: LedgerError) -> Delivery {
     metrics::LEDGER_ERRORS.inc();
     tracing::error!(key, op, error = %e, "ledger call failed; answering failure (fail closed)");
-    Outcome::LedgerUnavailable
+    Delivery::LedgerUnavailable
 }

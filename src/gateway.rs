@@ -94,7 +94,8 @@ impl ServeHttp for NotifyApp {
         if session.req_header().method != http::Method::POST {
             return plain(405, "method not allowed");
         }
-        if self.gateway.account(account).is_none() || self.gateway.route(order_type).is_none() {
+        let routing = self.gateway.routing();
+        if !routing.accounts.contains_key(account) || !routing.routes.contains_key(order_type) {
             metrics::NOTIFICATIONS.with_label_values(&["-", "-", "not_found"]).inc();
             tracing::warn!(path, "notification for an unknown account or type");
             return plain(404, "not found");

@@ -1,10 +1,12 @@
 //! Assembles the pingora `Server`: the notify listener and the admin listener, sharing one
 //! [`Gateway`] (ledger, connection pools). `main` and the tests both start payhook through here.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
@@ -16,6 +18,7 @@ use crate::ledger::embedded::EmbeddedLedger;
 use crate::ledger::redis::RedisLedger;
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics;
+use crate::reload::Reloader;
 
 /// Opens the configured ledger (the embedded file is opened here; Redis connects lazily).
 pub fn open_ledger(config: &Config) -> Result<Arc<dyn Ledger>, LedgerError> {
@@ -26,7 +29,8 @@ pub fn open_ledger(config: &Config) -> Result<Arc<dyn Ledger>, LedgerError> {
     })
 }
 
-pub fn build_server(config: Config, opt: Option<Opt>) -> Result<Server, LedgerError> {
+/// `config_path` is re-read on SIGHUP.
+pub fn build_server(config: Config, config_path: &Path, opt: Option<Opt>) -> Result<Server, LedgerError> {
     metrics::init();
     let s = config.server.clone();
     let conf = ServerConf {
@@ -46,10 +50,12 @@ pub fn build_server(config: Config, opt: Option<Opt>) -> Result<Server, LedgerEr
 
     let mut notify = Service::new("payhook notify".to_string(), NotifyApp::new(gateway.clone(), s.body_limit));
     notify.add_tcp(&s.listen);
-    let mut admin = Service::new("payhook admin".to_string(), AdminApp::new(gateway));
+    let reloader = Reloader { gateway: gateway.clone(), config_path: config_path.to_path_buf() };
+    let mut admin = Service::new("payhook admin".to_string(), AdminApp::new(gateway, s.admin_tokens.clone()));
     admin.add_tcp(&s.admin_listen);
     admin.threads = Some(1);
     server.add_service(notify);
     server.add_service(admin);
+    server.add_service(background_service("payhook reload", reloader));
     Ok(server)
 }

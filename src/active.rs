@@ -1,0 +1,191 @@
+//! The active trigger and re-push (vk-uni-pay's "主动执行回调函数" and "重新推送"):
+//! ask the provider about a late or lost notification and run the same delivery through the
+//! same dedupe gate; send a done order to its backend again when the backend asks for it.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::flow::{Delivery, Gateway};
+use crate::forward::ForwardError;
+use crate::ledger::{LedgerError, OrderRecord, OrderState};
+use crate::metrics;
+use crate::order::NotifyMode;
+use crate::provider::QueryOutcome;
+
+/// How long a sync waits for a notification in flight by default, and at most (vk: 0.5 s, 40 s).
+pub const DEFAULT_AWAIT: Duration = Duration::from_millis(500);
+pub const MAX_AWAIT: Duration = Duration::from_secs(40);
+/// Bound on one provider order query.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a waiting sync looks at the ledger.
+const AWAIT_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActiveError {
+    #[error("unknown account")]
+    UnknownAccount,
+    #[error("unknown type")]
+    UnknownType,
+    #[error("this account has no order-query API configured")]
+    QueryUnsupported,
+    #[error("provider query failed: {0}")]
+    Query(&'static str),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("order is not done; nothing to re-push")]
+    NotDone,
+}
+
+impl ActiveError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ActiveError::UnknownAccount => "unknown_account",
+            ActiveError::UnknownType => "unknown_type",
+            ActiveError::QueryUnsupported => "query_unsupported",
+            ActiveError::Query(r) => r,
+            ActiveError::Ledger(_) => "ledger_unavailable",
+            ActiveError::NotDone => "not_done",
+        }
+    }
+}
+
+/// The answer to a sync, in vk's vocabulary (`paid` ≈ orderPaid, `user_order_success`).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct SyncReport {
+    pub paid: bool,
+    pub state: OrderState,
+    pub forwarded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_order_success: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trade_state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+impl SyncReport {
+    fn done(forwarded: bool) -> Self {
+        SyncReport { paid: true, state: OrderState::Done, forwarded, user_order_success: Some(true), trade_state: None, reason: None }
+    }
+
+    /// The `result` label of `payhook_sync_total`.
+    pub fn label(&self) -> &'static str {
+        match (self.paid, self.state, self.forwarded) {
+            (false, _, _) => "not_paid",
+            (true, OrderState::Done, true) => "forwarded",
+            (true, OrderState::Done, false) => "already_done",
+            (true, OrderState::InFlight, _) => "in_flight",
+            (true, OrderState::None, _) => "backend_failed",
+        }
+    }
+}
+
+/// The answer to a re-push.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub user_order_success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+impl Gateway {
+    /// Makes sure a paid order has reached its backend: ledger first, then a short wait for a
+    /// notification in flight, then the provider's order-query API and the same delivery path.
+    pub async fn sync(&self, account: &str, out_trade_no: &str, order_type: &str, await_notify: Duration) -> Result<SyncReport, ActiveError> {
+        let routing = self.routing();
+        let acct = routing.accounts.get(account).ok_or(ActiveError::UnknownAccount)?;
+        let route = routing.routes.get(order_type).ok_or(ActiveError::UnknownType)?;
+        let key = format!("{account}:{out_trade_no}");
+        let waited_until = tokio::time::Instant::now() + await_notify.min(MAX_AWAIT);
+        loop {
+            if let Some(OrderRecord { state: OrderState::Done, .. }) = self.ledger().record(&key).await? {
+                return Ok(SyncReport::done(false));
+            }
+            if tokio::time::Instant::now() + AWAIT_POLL > waited_until {
+                break;
+            }
+            tokio::time::sleep(AWAIT_POLL).await;
+        }
+
+        let request = acct.provider.order_query(out_trade_no, chrono::Utc::now().timestamp()).ok_or(ActiveError::QueryUnsupported)?;
+        let started = Instant::now();
+        let header_refs: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let reply = self
+            .forwarder()
+            .exchange_at(request.endpoint, request.method, &request.path, &header_refs, request.body.clone(), QUERY_TIMEOUT)
+            .await;
+        metrics::PROVIDER_QUERY_DURATION.with_label_values(&[account]).observe(started.elapsed().as_secs_f64());
+        let reply = reply.map_err(|e: ForwardError| {
+            tracing::warn!(account, out_trade_no, error = %e, "provider order query failed");
+            ActiveError::Query(match e {
+                ForwardError::Timeout => "query_timeout",
+                _ => "query_failed",
+            })
+        })?;
+        let outcome = acct.provider.parse_order_query(out_trade_no, &reply, chrono::Utc::now().timestamp()).map_err(|e| {
+            tracing::warn!(account, out_trade_no, error = %e, "provider order query answer rejected");
+            metrics::VERIFY_FAILURES.with_label_values(&[account, e.reason()]).inc();
+            ActiveError::Query("query_unverified")
+        })?;
+        let paid = match outcome {
+            QueryOutcome::NotPaid { trade_state } => {
+                return Ok(SyncReport {
+                    paid: false,
+                    state: OrderState::None,
+                    forwarded: false,
+                    user_order_success: None,
+                    trade_state: Some(trade_state),
+                    reason: None,
+                })
+            }
+            QueryOutcome::Paid(paid) => paid,
+        };
+        let deadline = tokio::time::Instant::now() + route.timeout + Duration::from_secs(1);
+        Ok(match self.deliver_once(account, route, &paid, NotifyMode::Active, deadline).await {
+            Delivery::Forwarded => SyncReport::done(true),
+            Delivery::Duplicate | Delivery::InFlight { settled: true } => SyncReport::done(false),
+            Delivery::InFlight { settled: false } => SyncReport {
+                paid: true,
+                state: OrderState::InFlight,
+                forwarded: false,
+                user_order_success: None,
+                trade_state: None,
+                reason: Some("in_flight"),
+            },
+            Delivery::BackendFailed(reason) => SyncReport {
+                paid: true,
+                state: OrderState::None,
+                forwarded: true,
+                user_order_success: Some(false),
+                trade_state: None,
+                reason: Some(reason),
+            },
+            Delivery::LedgerUnavailable => return Err(ActiveError::Ledger(LedgerError::Unavailable("during delivery".into()))),
+        })
+    }
+
+    /// Sends the stored order data of a done order to its backend again (vk's 重新推送).
+    pub async fn replay(&self, account: &str, out_trade_no: &str) -> Result<ReplayReport, ActiveError> {
+        let routing = self.routing();
+        routing.accounts.get(account).ok_or(ActiveError::UnknownAccount)?;
+        let key = format!("{account}:{out_trade_no}");
+        let record = self.ledger().record(&key).await?.filter(|r| r.state == OrderState::Done).ok_or(ActiveError::NotDone)?;
+        let order: Map<String, Value> = record
+            .order_data
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .ok_or(ActiveError::NotDone)?;
+        let order_type = order.get("type").and_then(Value::as_str).unwrap_or_default();
+        let route = routing.routes.get(order_type).ok_or(ActiveError::UnknownType)?;
+        let result = self.forward(route, route.envelope.seal(&order), route.timeout).await;
+        let label = match result {
+            Ok(()) => "ok",
+            Err(reason) => reason,
+        };
+        metrics::REPLAYS.with_label_values(&[&route.name, label]).inc();
+        self.ledger().note_replay(&key, label).await?;
+        Ok(ReplayReport { user_order_success: result.is_ok(), reason: result.err() })
+    }
+}
