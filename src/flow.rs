@@ -22,7 +22,9 @@ use crate::provider::{Answer, Inbound, PaidOrder, Reply, Verified};
 /// never taken over while its owner is still settling it.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Kept back from the reply budget for settling the ledger after the backend answers.
-const SETTLE_RESERVE: Duration = Duration::from_millis(300);
+const SETTLE_RESERVE: Duration = Duration::from_millis(600);
+/// Pause between attempts to settle an order while the ledger is briefly unreachable.
+const SETTLE_RETRY: Duration = Duration::from_millis(100);
 /// How often a request that met a live lease looks at the ledger again.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(25);
 
@@ -116,6 +118,8 @@ pub struct Gateway {
     ledger: Arc<dyn Ledger>,
     forwarder: Arc<Forwarder>,
     reply_budget: Duration,
+    /// The bound on one ledger call, so settling never runs past the reply budget.
+    ledger_timeout: Duration,
 }
 
 impl Gateway {
@@ -125,6 +129,7 @@ impl Gateway {
             ledger,
             forwarder,
             reply_budget: config.server.reply_budget,
+            ledger_timeout: config.ledger.timeout,
         }
     }
 
@@ -220,7 +225,7 @@ impl Gateway {
 
         match result {
             Ok(()) => {
-                match self.ledger.complete(&key, &lease, &stored).await {
+                match self.settle(deadline, || self.ledger.complete(&key, &lease, &stored)).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!(key, "lease was taken over before completion; backend already accepted"),
                     // The backend accepted the order, so the provider hears success; the lease
@@ -232,10 +237,30 @@ impl Gateway {
                 Delivery::Forwarded
             }
             Err(reason) => {
-                if let Err(e) = self.ledger.release(&key, &lease, reason).await {
+                if let Err(e) = self.settle(deadline, || self.ledger.release(&key, &lease, reason)).await {
                     ledger_failed(&key, "release", e);
                 }
                 Delivery::BackendFailed(reason)
+            }
+        }
+    }
+
+    /// Completes or releases a lease, retrying while the reply budget allows: a ledger that
+    /// blinks (a Redis restart) must not leave a delivered order in flight, where a duplicate
+    /// arriving after the lease expires would forward it a second time.
+    async fn settle<F, Fut>(&self, deadline: tokio::time::Instant, op: F) -> Result<bool, LedgerError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<bool, LedgerError>>,
+    {
+        loop {
+            match op().await {
+                Err(e) if tokio::time::Instant::now() + SETTLE_RETRY + self.ledger_timeout < deadline => {
+                    metrics::LEDGER_ERRORS.inc();
+                    tracing::warn!(error = %e, "ledger settle failed; retrying");
+                    tokio::time::sleep(SETTLE_RETRY).await;
+                }
+                result => return result,
             }
         }
     }
