@@ -4,6 +4,7 @@
 //! (`${VAR}` from the environment, `<secret>_file` read from disk), then deserialised into typed
 //! sections whose keys, URLs and backends are parsed and checked once, at start-up.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,8 +57,16 @@ impl ConfigDir {
     /// Reads a file named by config key `key`, naming the key (not the content) on failure.
     pub fn read(&self, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
         let full = self.resolve(path);
-        std::fs::read(&full).map_err(|source| ConfigError::File { key: key.to_string(), path: full, source })
+        let bytes = std::fs::read(&full).map_err(|source| ConfigError::File { key: key.to_string(), path: full.clone(), source })?;
+        FILES_READ.with(|files| files.borrow_mut().push(full));
+        Ok(bytes)
     }
+}
+
+thread_local! {
+    /// The files [`ConfigDir::read`] read while [`Config::parse`] runs. Parsing runs on one
+    /// thread from start to end, so this log spares every `ConfigDir` holder a new field.
+    static FILES_READ: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The whole validated configuration.
@@ -66,6 +75,8 @@ pub struct Config {
     pub ledger: LedgerSettings,
     pub accounts: HashMap<String, Account>,
     pub routes: HashMap<String, Route>,
+    /// Every key and secret file the config read, for `payhook check`'s demo-key warning.
+    files_read: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +85,8 @@ pub struct ServerSettings {
     pub admin_listen: String,
     pub threads: usize,
     pub body_limit: usize,
+    /// A client has this long to send the whole body (slowloris bound).
+    pub body_timeout: Duration,
     /// Every provider reply goes out within this, success or failure (WeChat waits 5 s).
     pub reply_budget: Duration,
     pub admin_tokens: Vec<(String, Secret)>,
@@ -132,6 +145,8 @@ struct RawServer {
     threads: usize,
     #[serde(default = "default_body_limit")]
     body_limit: usize,
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    body_timeout: Duration,
     #[serde(default = "default_reply_budget", with = "humantime_serde")]
     reply_budget: Duration,
     admin_token: Option<Secret>,
@@ -178,6 +193,9 @@ fn default_threads() -> usize {
 }
 fn default_body_limit() -> usize {
     64 * 1024
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_reply_budget() -> Duration {
     Duration::from_millis(4500)
@@ -229,11 +247,19 @@ impl Config {
     }
 
     pub fn parse(text: &str, dir: &ConfigDir) -> Result<Config, ConfigError> {
+        FILES_READ.with(|files| files.borrow_mut().clear());
         let mut tree: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         expand_table(&mut tree, "", dir)?;
         let raw = RawConfig::deserialize(toml::Value::Table(tree))
             .map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        build(raw, dir)
+        let mut config = build(raw, dir)?;
+        config.files_read = FILES_READ.with(RefCell::take);
+        Ok(config)
+    }
+
+    /// The files read from a `demo/` folder: keys published with payhook, fit for loopback only.
+    pub fn demo_files(&self) -> Vec<&Path> {
+        self.files_read.iter().filter(|path| path.components().any(|c| c.as_os_str() == "demo")).map(PathBuf::as_path).collect()
     }
 }
 
@@ -257,6 +283,7 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
         admin_listen: raw.server.admin_listen,
         threads: raw.server.threads,
         body_limit: raw.server.body_limit,
+        body_timeout: raw.server.body_timeout,
         reply_budget: raw.server.reply_budget,
         admin_tokens,
         pid_file: raw.server.pid_file,
@@ -311,7 +338,7 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
     if routes.is_empty() {
         return Err(ConfigError::invalid("routes", "at least one route (payment type) is required"));
     }
-    Ok(Config { server, ledger, accounts, routes })
+    Ok(Config { server, ledger, accounts, routes, files_read: Vec::new() })
 }
 
 fn check_addr(key: &str, addr: &str) -> Result<(), ConfigError> {

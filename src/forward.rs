@@ -93,6 +93,11 @@ impl Backend {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// The URL's path and query (`/` when the URL has none): provider APIs build on it.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
 }
 
 /// A raw reply.
@@ -124,7 +129,7 @@ impl Forwarder {
         backend_code(&reply.body)
     }
 
-    /// One request/response over a pooled connection, bounded by `timeout` as a whole.
+    /// One request/response to the endpoint's own path, bounded by `timeout` as a whole.
     pub async fn exchange(
         &self,
         backend: &Backend,
@@ -133,7 +138,20 @@ impl Forwarder {
         body: Bytes,
         timeout: Duration,
     ) -> Result<HttpReply, ForwardError> {
-        tokio::time::timeout(timeout, self.exchange_unbounded(backend, method, headers, body, timeout))
+        self.exchange_at(backend, method, &backend.path, headers, body, timeout).await
+    }
+
+    /// One request/response to `path` on the endpoint (provider APIs: one path per order).
+    pub async fn exchange_at(
+        &self,
+        backend: &Backend,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<HttpReply, ForwardError> {
+        tokio::time::timeout(timeout, self.exchange_unbounded(backend, method, path, headers, body, timeout))
             .await
             .unwrap_or(Err(ForwardError::Timeout))
     }
@@ -142,12 +160,13 @@ impl Forwarder {
         &self,
         backend: &Backend,
         method: &str,
+        path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
         timeout: Duration,
     ) -> Result<HttpReply, ForwardError> {
         let io = |e: Box<pingora::Error>| ForwardError::Io(e.to_string());
-        let mut req = RequestHeader::build(method, backend.path.as_bytes(), None).map_err(io)?;
+        let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(io)?;
         req.insert_header("Host", &backend.host).map_err(io)?;
         req.insert_header("User-Agent", "payhook").map_err(io)?;
         for (name, value) in headers {

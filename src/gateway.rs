@@ -15,17 +15,16 @@ use crate::flow::Gateway;
 use crate::metrics;
 use crate::provider::Reply;
 
-/// A client has this long to send the whole body (slowloris bound).
-const BODY_DEADLINE: Duration = Duration::from_secs(10);
-
 pub struct NotifyApp {
     gateway: Arc<Gateway>,
     body_limit: usize,
+    /// A client has this long to send the whole body (slowloris bound).
+    body_timeout: Duration,
 }
 
 impl NotifyApp {
-    pub fn new(gateway: Arc<Gateway>, body_limit: usize) -> Self {
-        NotifyApp { gateway, body_limit }
+    pub fn new(gateway: Arc<Gateway>, body_limit: usize, body_timeout: Duration) -> Self {
+        NotifyApp { gateway, body_limit, body_timeout }
     }
 }
 
@@ -46,7 +45,7 @@ enum BodyError {
     Io,
 }
 
-async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, BodyError> {
+async fn read_body(session: &mut ServerSession, limit: usize, deadline: Duration) -> Result<Bytes, BodyError> {
     let declared = session
         .get_header(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -69,7 +68,7 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, B
         }
         Ok(buf.freeze())
     };
-    tokio::time::timeout(BODY_DEADLINE, read).await.unwrap_or(Err(BodyError::Timeout))
+    tokio::time::timeout(deadline, read).await.unwrap_or(Err(BodyError::Timeout))
 }
 
 fn plain(status: u16, text: &'static str) -> Response<Vec<u8>> {
@@ -100,7 +99,7 @@ impl ServeHttp for NotifyApp {
             tracing::warn!(path, "notification for an unknown account or type");
             return plain(404, "not found");
         }
-        let body = match read_body(session, self.body_limit).await {
+        let body = match read_body(session, self.body_limit, self.body_timeout).await {
             Ok(body) => body,
             Err(e) => {
                 // An unread body must not be parsed as the next request on this connection.

@@ -14,11 +14,14 @@
 //! - [`envelope`]: how that order data is encrypted for the backend.
 //! - [`forward`]: the HTTP call to the backend over pingora's pooled connector.
 //! - [`flow`]: verify → claim → envelope → forward → settle, as plain async Rust.
+//! - [`active`]: the active trigger (query the provider, deliver through the same gate) and re-push.
 //! - [`gateway`]: pingora glue for the notify listener (bytes in, reply out).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the admin API.
 //! - [`metrics`]: every Prometheus metric, defined in one place.
+//! - [`reload`]: SIGHUP re-reads keys, certificates and routes without dropping connections.
 //! - [`server`]: assembles the pingora `Server` from a [`config::Config`].
 
+pub mod active;
 pub mod admin;
 pub mod config;
 pub mod envelope;
@@ -30,5 +33,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod order;
 pub mod provider;
+pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod simulate;

@@ -1,14 +1,25 @@
-//! The `payhook` command: run the gateway, check a config, reproduce an envelope.
+//! The `payhook` command: run the gateway, check a config, reproduce an envelope, and the
+//! backend developer's kit: simulate a provider's notification, generate keys for it.
+
+mod keygen;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use payhook::config::Config;
 use payhook::envelope::{Envelope, EnvelopeMode};
+use payhook::forward::{Backend, Forwarder};
+use payhook::provider::wechat_v2::SignKind;
 use payhook::secret::Secret;
+use payhook::simulate::{self, Fresh, Order, Simulator};
+
+/// Longer than any gateway's reply budget (WeChat itself waits 5 s).
+const SIMULATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(name = "payhook", version, about = "Payment-notification gateway for legacy backends")]
@@ -42,11 +53,111 @@ enum Command {
         #[arg(long, env = "PAYHOOK_NOTIFY_KEY", hide_env_values = true)]
         key: String,
     },
+    /// Send a paid-order notification signed as a provider would; exit 1 unless the gateway says success.
+    Simulate(SimulateArgs),
+    /// Write fresh keys for `simulate` and the gateway, and print the config lines.
+    Keygen {
+        #[arg(long)]
+        provider: ProviderArg,
+        /// Directory for the new files; existing files are never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProviderArg {
+    WechatV3,
+    WechatV2,
+    Alipay,
+}
+
+impl ProviderArg {
+    fn name(self) -> &'static str {
+        match self {
+            ProviderArg::WechatV3 => "wechat-v3",
+            ProviderArg::WechatV2 => "wechat-v2",
+            ProviderArg::Alipay => "alipay",
+        }
+    }
+}
+
+/// The defaults are the demo accounts of conf/payhook.toml, with paths from the repository root.
+#[derive(Args)]
+struct SimulateArgs {
+    #[arg(long)]
+    provider: ProviderArg,
+    /// The gateway's notify URL, e.g. http://127.0.0.1:8080/notify/wx-demo/goods
+    #[arg(long)]
+    to: String,
+    /// The merchant's order number.
+    #[arg(long)]
+    out_trade_no: String,
+    /// The amount in fen (1234 = 12.34 yuan).
+    #[arg(long)]
+    total_fee: u64,
+    /// The provider's private key, PEM [default: conf/demo/wechat_v3_platform.key.pem or conf/demo/alipay.key.pem]
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// wechat-v3: file holding the APIv3 key.
+    #[arg(long, default_value = simulate::DEMO_APIV3_KEY_FILE)]
+    apiv3_key_file: PathBuf,
+    /// wechat-v2: file holding the API key.
+    #[arg(long, default_value = simulate::DEMO_WECHAT_V2_API_KEY_FILE)]
+    api_key_file: PathBuf,
+    /// wechat-v3: the Wechatpay-Serial (public-key id or certificate serial).
+    #[arg(long, default_value = simulate::DEMO_SERIAL)]
+    serial: String,
+    /// wechat-v3: mchid; wechat-v2: mch_id.
+    #[arg(long, alias = "mch-id", default_value = simulate::DEMO_MCHID)]
+    mchid: String,
+    /// wechat-v3, wechat-v2: appid.
+    #[arg(long, default_value = simulate::DEMO_WECHAT_APPID)]
+    appid: String,
+    /// alipay: app_id.
+    #[arg(long, default_value = simulate::DEMO_ALIPAY_APP_ID)]
+    app_id: String,
+    /// alipay: seller_id.
+    #[arg(long, default_value = simulate::DEMO_ALIPAY_SELLER_ID)]
+    seller_id: String,
+    /// The order's attach (alipay: passback_params), e.g. '{"user_id":"u001"}'.
+    #[arg(long)]
+    attach: Option<String>,
+    /// wechat-v2: signature algorithm.
+    #[arg(long, value_enum, default_value = "MD5")]
+    sign_type: SignTypeArg,
+    /// alipay: body charset.
+    #[arg(long, value_enum, default_value = "utf-8")]
+    charset: CharsetArg,
+    /// Send the same notification K more times, as a provider's retries do; all must succeed.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    duplicate: u32,
+    /// Change one signed byte after signing: the gateway must reject it, so this exits 1.
+    #[arg(long)]
+    tamper: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SignTypeArg {
+    #[value(name = "MD5")]
+    Md5,
+    #[value(name = "HMAC-SHA256")]
+    HmacSha256,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CharsetArg {
+    #[value(name = "utf-8")]
+    Utf8,
+    #[value(name = "gbk")]
+    Gbk,
 }
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PAYHOOK_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour codes only for a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 fn main() -> ExitCode {
@@ -67,12 +178,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
             let (listen, admin) = (cfg.server.listen.clone(), cfg.server.admin_listen.clone());
             let opt = pingora::server::configuration::Opt { upgrade, ..Default::default() };
-            let server = payhook::server::build_server(cfg, Some(opt)).context("opening the ledger")?;
+            let server = payhook::server::build_server(cfg, &config, Some(opt)).context("opening the ledger")?;
             tracing::info!(listen, admin, "payhook starting");
             server.run_forever()
         }
         Command::Check { config } => {
             let cfg = Config::load(&config).with_context(|| format!("checking {}", config.display()))?;
+            let demo = cfg.demo_files();
+            let loopback = cfg.server.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+            if !demo.is_empty() && !loopback {
+                let files: Vec<String> = demo.iter().map(|p| p.display().to_string()).collect();
+                eprintln!(
+                    "WARNING: server.listen {} is not a loopback address, yet the config uses public demo keys and \
+                     secrets ({}): anyone can forge a paid notification with them. Replace them (see payhook keygen) \
+                     before real traffic.",
+                    cfg.server.listen,
+                    files.join(", ")
+                );
+            }
             println!(
                 "{}: ok ({} accounts, {} routes)",
                 config.display(),
@@ -95,7 +218,84 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.write_all(b"\n")?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Simulate(args) => simulate(args),
+        Command::Keygen { provider, out } => {
+            keygen::keygen(provider, &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let simulator = match args.provider {
+        ProviderArg::WechatV3 => {
+            let key = read_file(args.key_file.as_deref().unwrap_or(simulate::DEMO_WECHAT_V3_KEY_FILE.as_ref()))?;
+            let apiv3_key = read_secret(&args.apiv3_key_file)?;
+            Simulator::wechat_v3(&key, &apiv3_key, &args.serial, &args.mchid, &args.appid)?
+        }
+        ProviderArg::WechatV2 => {
+            let sign = match args.sign_type {
+                SignTypeArg::Md5 => SignKind::Md5,
+                SignTypeArg::HmacSha256 => SignKind::HmacSha256,
+            };
+            Simulator::wechat_v2(read_secret(&args.api_key_file)?, &args.mchid, &args.appid, sign)
+        }
+        ProviderArg::Alipay => {
+            let key = read_file(args.key_file.as_deref().unwrap_or(simulate::DEMO_ALIPAY_KEY_FILE.as_ref()))?;
+            let charset = match args.charset {
+                CharsetArg::Utf8 => encoding_rs::UTF_8,
+                CharsetArg::Gbk => encoding_rs::GBK,
+            };
+            Simulator::alipay(&key, &args.app_id, &args.seller_id, charset)?
+        }
+    };
+    let order = Order { out_trade_no: args.out_trade_no, total_fee: args.total_fee, attach: args.attach };
+    let notification = simulator.notification(&order, &Fresh::now(), args.tamper);
+    let target = Backend::parse(&args.to).map_err(anyhow::Error::msg).context("--to")?;
+    let headers: Vec<(&str, &str)> = notification.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    println!(
+        "{} notification: out_trade_no={} total_fee={}{} -> {}",
+        simulator.kind(),
+        order.out_trade_no,
+        order.total_fee,
+        if args.tamper { " (tampered after signing)" } else { "" },
+        args.to
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let forwarder = Forwarder::new(None);
+    let sends = 1 + args.duplicate;
+    let mut failures = 0;
+    for n in 1..=sends {
+        let body = bytes::Bytes::from(notification.body.clone());
+        let reply = runtime
+            .block_on(forwarder.exchange(&target, "POST", &headers, body, SIMULATE_TIMEOUT))
+            .with_context(|| format!("POST {}", args.to))?;
+        let success = simulator.is_success(reply.status, &reply.body);
+        failures += u32::from(!success);
+        println!(
+            "send {n}/{sends}: HTTP {} {:?} -> {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body),
+            if success { "success" } else { "NOT the provider's success reply" }
+        );
+    }
+    if failures == 0 {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("payhook simulate: {failures} of {sends} answers were not {}'s success reply", simulator.kind());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A key file as the config reads one: its content without the trailing newline.
+fn read_secret(path: &Path) -> anyhow::Result<Secret> {
+    let text = String::from_utf8(read_file(path)?).with_context(|| format!("{} is not UTF-8", path.display()))?;
+    Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
 }
 
 fn trim_newline(input: &[u8]) -> &[u8] {

@@ -48,7 +48,7 @@ pub fn build_server(config: Config, config_path: &Path, opt: Option<Opt>) -> Res
     let forwarder = Arc::new(Forwarder::new(s.upstream_ca_file.as_ref().map(|p| p.display().to_string())));
     let gateway = Arc::new(Gateway::new(config, ledger, forwarder));
 
-    let mut notify = Service::new("payhook notify".to_string(), NotifyApp::new(gateway.clone(), s.body_limit));
+    let mut notify = Service::new("payhook notify".to_string(), NotifyApp::new(gateway.clone(), s.body_limit, s.body_timeout));
     notify.add_tcp(&s.listen);
     let reloader = Reloader { gateway: gateway.clone(), config_path: config_path.to_path_buf() };
     let mut admin = Service::new("payhook admin".to_string(), AdminApp::new(gateway, s.admin_tokens.clone()));

@@ -10,12 +10,18 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
 use encoding_rs::{Encoding, GBK, UTF_8};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{beijing_millis, parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, Reply, Verified};
+use super::{beijing_millis, parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::{ConfigDir, ConfigError};
-use crate::keys::{Certificate, KeyError, RsaPublicKey};
+use crate::forward::{Backend, HttpReply};
+use crate::keys::{Certificate, KeyError, RsaPrivateKey, RsaPublicKey};
+
+/// Alipay's times (request `timestamp`, `send_pay_date`, `gmt_payment`) are Beijing wall clock.
+const BEIJING_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,12 +32,21 @@ pub struct AlipayConfig {
     alipay_public_key_file: Option<PathBuf>,
     alipay_cert_file: Option<PathBuf>,
     alipay_root_cert_file: Option<PathBuf>,
+    api_base: Option<String>,
+    app_private_key_file: Option<PathBuf>,
 }
 
 pub struct Alipay {
     app_id: String,
     seller_id: Option<String>,
     public_key: RsaPublicKey,
+    query: Option<QueryClient>,
+}
+
+/// What `alipay.trade.query` takes: the gateway (`…/gateway.do`) and the app's private key.
+struct QueryClient {
+    gateway: Backend,
+    key: RsaPrivateKey,
 }
 
 impl Alipay {
@@ -77,7 +92,23 @@ impl Alipay {
                 ))
             }
         };
-        Ok(Alipay { app_id: cfg.app_id, seller_id: cfg.seller_id, public_key })
+        let query = match (&cfg.api_base, &cfg.app_private_key_file) {
+            (None, None) => None,
+            // Certificate mode also wants app_cert_sn and alipay_root_cert_sn on every request,
+            // which this client does not send: refuse rather than fail every query.
+            (Some(_), Some(_)) if cfg.alipay_cert_file.is_some() => {
+                return Err(ConfigError::invalid(format!("{key}.api_base"), "order queries need public-key mode"))
+            }
+            (Some(url), Some(path)) => {
+                let k = format!("{key}.app_private_key_file");
+                let private = RsaPrivateKey::from_pem(&dir.read(&k, path)?).map_err(|e| ConfigError::invalid(&k, e))?;
+                let gateway = Backend::parse(url).map_err(|e| ConfigError::invalid(format!("{key}.api_base"), e))?;
+                Some(QueryClient { gateway, key: private })
+            }
+            // Half a query setup is a typo, not a choice: say so at start-up, not at the first query.
+            _ => return Err(ConfigError::invalid(key, "api_base and app_private_key_file go together")),
+        };
+        Ok(Alipay { app_id: cfg.app_id, seller_id: cfg.seller_id, public_key, query })
     }
 
     /// Normalises the decoded fields of a verified notification.
@@ -108,7 +139,7 @@ impl Alipay {
             .get("total_amount")
             .ok_or_else(|| ProviderError::BadAmount("total_amount".into()))
             .and_then(|amount| yuan_to_fen(amount))?;
-        let pay_date = beijing_millis(&text("gmt_payment"), "%Y-%m-%d %H:%M:%S").ok_or_else(|| ProviderError::Malformed("gmt_payment".into()))?;
+        let pay_date = beijing_millis(&text("gmt_payment"), BEIJING_FORMAT).ok_or_else(|| ProviderError::Malformed("gmt_payment".into()))?;
         // The merchant URL-encoded passback_params when creating the order; Alipay echoes it as is.
         let attach = match fields.get("passback_params") {
             Some(raw) => {
@@ -197,15 +228,20 @@ fn is_unsigned(key: &str) -> bool {
     key == "sign" || key == "sign_type"
 }
 
-/// The notification string-to-sign: sorted `k=v&…` of the decoded pairs without `sign` and
-/// `sign_type`, empty values kept (Alipay's own SDK keeps them).
+/// The notification string-to-sign: the sorted pairs without `sign` and `sign_type`.
 pub fn signing_string(pairs: &BTreeMap<String, String>) -> String {
-    pairs
-        .iter()
-        .filter(|(k, _)| !is_unsigned(k))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
+    sorted_pairs(pairs, is_unsigned)
+}
+
+/// The request string-to-sign: here `sign_type` is signed too (Alipay's SDKs sign requests so).
+fn request_signing_string(params: &BTreeMap<String, String>) -> String {
+    sorted_pairs(params, |k| k == "sign")
+}
+
+/// Sorted `k=v&…` of the (decoded) pairs except those `skip` names, empty values kept (Alipay's
+/// own SDK keeps them).
+fn sorted_pairs(pairs: &BTreeMap<String, String>, skip: fn(&str) -> bool) -> String {
+    pairs.iter().filter(|(k, _)| !skip(k)).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
 }
 
 /// A yuan decimal string (`"0.10"`) → integer fen, exactly: no floating point anywhere.
@@ -220,8 +256,6 @@ pub fn yuan_to_fen(text: &str) -> Result<u64, ProviderError> {
     let fraction: u64 = format!("{fraction:0<2}").parse().map_err(|_| bad())?;
     whole.checked_mul(100).and_then(|fen| fen.checked_add(fraction)).ok_or_else(bad)
 }
-
-/// `"yyyy-MM-dd HH:mm:ss"` in Beijing time → ms since the epoch.
 
 /// A form body split into pairs. Values stay in the body's charset: Alipay signs the string
 /// encoded in that charset, so verifying over these bytes needs no re-encoding round trip.
@@ -261,6 +295,14 @@ impl Form {
     fn decode(self) -> Result<BTreeMap<String, String>, ProviderError> {
         self.raw.into_iter().map(|(k, v)| Ok((k, decode_text(self.charset, &v)?))).collect()
     }
+}
+
+/// The `alipay.trade.query` answer, its response object kept as the raw text Alipay signed.
+#[derive(Deserialize)]
+struct QueryEnvelope<'a> {
+    #[serde(borrow)]
+    alipay_trade_query_response: &'a RawValue,
+    sign: Option<String>,
 }
 
 fn split_pair(pair: &[u8]) -> (&[u8], &[u8]) {
@@ -305,6 +347,88 @@ impl Provider for Alipay {
         let form = Form::parse(inbound.body)?;
         self.verify_signature(&form)?;
         self.notification(form.decode()?)
+    }
+
+    fn order_query(&self, out_trade_no: &str, now: i64) -> Option<QueryRequest<'_>> {
+        let query = self.query.as_ref()?;
+        let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset");
+        // `now` comes from the system clock, always within chrono's range.
+        let timestamp = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default().with_timezone(&beijing);
+        let mut params: BTreeMap<String, String> = [
+            ("app_id", self.app_id.as_str()),
+            ("method", "alipay.trade.query"),
+            ("format", "JSON"),
+            ("charset", "utf-8"),
+            ("sign_type", "RSA2"),
+            ("version", "1.0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        params.insert("timestamp".into(), timestamp.format(BEIJING_FORMAT).to_string());
+        params.insert("biz_content".into(), serde_json::json!({ "out_trade_no": out_trade_no }).to_string());
+        let signature = query.key.sign_sha256(request_signing_string(&params).as_bytes());
+        params.insert("sign".into(), B64.encode(signature));
+        let body = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, NON_ALPHANUMERIC)))
+            .collect::<Vec<_>>()
+            .join("&");
+        Some(QueryRequest {
+            endpoint: &query.gateway,
+            method: "POST",
+            path: query.gateway.path().to_string(),
+            headers: vec![("Content-Type".into(), "application/x-www-form-urlencoded;charset=utf-8".into())],
+            body: Bytes::from(body),
+        })
+    }
+
+    fn parse_order_query(&self, out_trade_no: &str, reply: &HttpReply, _now: i64) -> Result<QueryOutcome, ProviderError> {
+        if reply.status != 200 {
+            return Err(ProviderError::Malformed(format!("query status {}", reply.status)));
+        }
+        let envelope: QueryEnvelope =
+            serde_json::from_slice(&reply.body).map_err(|_| ProviderError::Malformed("query reply is not an alipay_trade_query_response".into()))?;
+        let signature = envelope.sign.and_then(|s| B64.decode(s).ok()).ok_or(ProviderError::BadSignature)?;
+        // Alipay signs the response object's text exactly as sent: re-serialising would change it.
+        let signed = envelope.alipay_trade_query_response.get();
+        if !self.public_key.verify_sha256(signed.as_bytes(), &signature) {
+            return Err(ProviderError::BadSignature);
+        }
+        let response: Map<String, Value> =
+            serde_json::from_str(signed).map_err(|_| ProviderError::Malformed("query response is not an object".into()))?;
+        let text = |name: &str| response.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
+        match (text("code").as_str(), text("sub_code").as_str()) {
+            ("10000", _) => {}
+            ("40004", "ACQ.TRADE_NOT_EXIST") => return Ok(QueryOutcome::NotPaid { trade_state: "TRADE_NOT_EXIST".into() }),
+            _ => return Err(ProviderError::Malformed("query code is not 10000".into())),
+        }
+        if text("out_trade_no") != out_trade_no {
+            return Err(ProviderError::Malformed("query answered another out_trade_no".into()));
+        }
+        match text("trade_status").as_str() {
+            "TRADE_SUCCESS" | "TRADE_FINISHED" => {}
+            "" => return Err(ProviderError::Malformed("query reply has no trade_status".into())),
+            other => return Ok(QueryOutcome::NotPaid { trade_state: other.to_string() }),
+        }
+        let total_fee = yuan_to_fen(&text("total_amount"))?;
+        let pay_date =
+            beijing_millis(&text("send_pay_date"), BEIJING_FORMAT).ok_or_else(|| ProviderError::Malformed("send_pay_date".into()))?;
+        let openid = Some(text("buyer_user_id")).filter(|id| !id.is_empty()).unwrap_or_else(|| text("buyer_open_id"));
+        Ok(QueryOutcome::Paid(PaidOrder {
+            provider: "alipay",
+            out_trade_no: out_trade_no.to_string(),
+            transaction_id: text("trade_no"),
+            total_fee,
+            // The answer names neither app nor seller; it answers the request this app signed.
+            mch_id: self.seller_id.clone().unwrap_or_default(),
+            appid: self.app_id.clone(),
+            openid,
+            pay_date,
+            // passback_params only travels in notifications.
+            attach: Value::String(String::new()),
+            notify_info: response,
+        }))
     }
 
     fn reply(&self, answer: Answer, _reason: &str) -> Reply {
@@ -537,6 +661,169 @@ mod tests {
         assert!(provider("app_id = \"1\"\nalipay_cert_file = \"alipay_leaf.cert.pem\"").is_err());
         let pem = std::fs::read_to_string(keys_dir().resolve("alipay.pub.pem".as_ref())).unwrap();
         provider(&format!("app_id = \"1\"\nalipay_public_key = {pem:?}")).unwrap();
+    }
+
+    /// 2026-11-27 13:29:35 Beijing time.
+    const NOW: i64 = 1_795_757_375;
+
+    fn query_provider() -> Alipay {
+        provider(
+            "app_id = \"2021000000000001\"\nseller_id = \"2088000000000001\"\nalipay_public_key_file = \"alipay.pub.pem\"\n\
+             api_base = \"http://127.0.0.1:9/gateway.do\"\napp_private_key_file = \"alipay_app.key.pem\"",
+        )
+        .unwrap()
+    }
+
+    fn test_key(file: &str) -> RsaPrivateKey {
+        RsaPrivateKey::from_pem(&std::fs::read(keys_dir().resolve(file.as_ref())).unwrap()).unwrap()
+    }
+
+    /// An `alipay.trade.query` answer whose response object is `response`, byte for byte,
+    /// signed over exactly that text with the key in `key_file`.
+    fn query_reply(response: &str, key_file: &str) -> HttpReply {
+        let sign = B64.encode(test_key(key_file).sign_sha256(response.as_bytes()));
+        let body = format!(r#"{{"alipay_trade_query_response":{response},"sign":"{sign}"}}"#);
+        HttpReply { status: 200, headers: http::HeaderMap::new(), body: Bytes::from(body) }
+    }
+
+    /// A paid answer as Alipay formats it; the `\u` escapes and the space after a colon would not
+    /// survive re-serialisation, so only verification over the raw text passes.
+    const PAID: &str = r#"{"code":"10000","msg":"Success","buyer_logon_id":"tes***@sandbox.com","buyer_pay_amount":"88.88","buyer_user_id":"2088102177846880","invoice_amount":"88.88","out_trade_no":"o1","point_amount":"0.00","receipt_amount":"88.88","send_pay_date":"2026-11-27 13:29:35","subject":"\u5546\u54c1", "total_amount":"88.88","trade_no":"2026112722001446880500001234","trade_status":"TRADE_SUCCESS"}"#;
+
+    fn query(p: &Alipay, reply: &HttpReply) -> Result<QueryOutcome, ProviderError> {
+        p.parse_order_query("o1", reply, NOW)
+    }
+
+    #[test]
+    fn order_query_is_a_signed_form_post_to_the_gateway() {
+        let p = query_provider();
+        let req = p.order_query("o+1&=单\"", NOW).unwrap();
+        assert_eq!((req.endpoint.url(), req.method, req.path.as_str()), ("http://127.0.0.1:9/gateway.do", "POST", "/gateway.do"));
+        assert_eq!(req.headers, [("Content-Type".to_string(), "application/x-www-form-urlencoded;charset=utf-8".to_string())]);
+        let body = std::str::from_utf8(&req.body).unwrap();
+        let params: BTreeMap<String, String> = body
+            .split('&')
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap();
+                (k.to_string(), percent_encoding::percent_decode_str(v).decode_utf8().unwrap().into_owned())
+            })
+            .collect();
+        let expected: BTreeMap<String, String> = [
+            ("app_id", "2021000000000001"),
+            ("biz_content", r#"{"out_trade_no":"o+1&=单\""}"#),
+            ("charset", "utf-8"),
+            ("format", "JSON"),
+            ("method", "alipay.trade.query"),
+            ("sign_type", "RSA2"),
+            ("timestamp", "2026-11-27 13:29:35"),
+            ("version", "1.0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut unsigned = params.clone();
+        let sign = B64.decode(unsigned.remove("sign").unwrap()).unwrap();
+        assert_eq!(unsigned, expected);
+        // The app's public key verifies the sorted pairs with sign_type included.
+        let app = RsaPublicKey::from_pem(&std::fs::read(keys_dir().resolve("alipay_app.pub.pem".as_ref())).unwrap()).unwrap();
+        let signed = "app_id=2021000000000001&biz_content={\"out_trade_no\":\"o+1&=单\\\"\"}&charset=utf-8&format=JSON\
+                      &method=alipay.trade.query&sign_type=RSA2&timestamp=2026-11-27 13:29:35&version=1.0";
+        assert!(app.verify_sha256(signed.as_bytes(), &sign));
+        assert!(!app.verify_sha256(signed.replace("&sign_type=RSA2", "").as_bytes(), &sign));
+    }
+
+    #[test]
+    fn paid_query_reply_verifies_over_the_raw_text_and_normalises() {
+        let p = query_provider();
+        let QueryOutcome::Paid(order) = query(&p, &query_reply(PAID, "alipay.key.pem")).unwrap() else { panic!("not paid") };
+        assert_eq!(
+            order,
+            PaidOrder {
+                provider: "alipay",
+                out_trade_no: "o1".into(),
+                transaction_id: "2026112722001446880500001234".into(),
+                total_fee: 8888,
+                mch_id: "2088000000000001".into(),
+                appid: "2021000000000001".into(),
+                openid: "2088102177846880".into(),
+                pay_date: NOW * 1000,
+                attach: Value::String(String::new()),
+                notify_info: serde_json::from_str(PAID).unwrap(),
+            }
+        );
+        assert_eq!(order.notify_info["subject"], "商品");
+        let finished = PAID.replace("TRADE_SUCCESS", "TRADE_FINISHED");
+        assert!(matches!(query(&p, &query_reply(&finished, "alipay.key.pem")).unwrap(), QueryOutcome::Paid(_)));
+    }
+
+    #[test]
+    fn unpaid_and_unknown_orders_are_not_paid() {
+        let p = query_provider();
+        let waiting = r#"{"code":"10000","msg":"Success","out_trade_no":"o1","total_amount":"88.88","trade_no":"2026112722001446880500001234","trade_status":"WAIT_BUYER_PAY"}"#;
+        let outcome = query(&p, &query_reply(waiting, "alipay.key.pem")).unwrap();
+        assert!(matches!(outcome, QueryOutcome::NotPaid { ref trade_state } if trade_state == "WAIT_BUYER_PAY"), "{outcome:?}");
+        let missing = r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在","out_trade_no":"o1"}"#;
+        let outcome = query(&p, &query_reply(missing, "alipay.key.pem")).unwrap();
+        assert!(matches!(outcome, QueryOutcome::NotPaid { ref trade_state } if trade_state == "TRADE_NOT_EXIST"), "{outcome:?}");
+    }
+
+    #[test]
+    fn other_answers_are_errors_without_body_text() {
+        let p = query_provider();
+        for response in [
+            r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.SYSTEM_ERROR","sub_msg":"secret-ish"}"#,
+            r#"{"code":"20000","msg":"Service Currently Unavailable","sub_code":"isp.unknow-error","sub_msg":"secret-ish"}"#,
+            r#"{"code":"10000","msg":"Success","out_trade_no":"o1"}"#,
+            r#""secret-ish""#,
+        ] {
+            let err = query(&p, &query_reply(response, "alipay.key.pem")).unwrap_err();
+            assert_eq!(err.reason(), "malformed", "{response}");
+            assert!(!err.to_string().contains("secret-ish"), "{err}");
+        }
+        for (status, body) in [(200, "secret-ish"), (200, r#"{"error_response":{"code":"40002"},"sign":"x"}"#), (502, "secret-ish")] {
+            let reply = HttpReply { status, headers: http::HeaderMap::new(), body: Bytes::from(body) };
+            let err = query(&p, &reply).unwrap_err();
+            assert_eq!(err.reason(), "malformed");
+            assert!(!err.to_string().contains("secret-ish") && !err.to_string().contains("40002"), "{err}");
+        }
+        let bad_amount = PAID.replace(r#""total_amount":"88.88""#, r#""total_amount":"88.888""#);
+        assert_eq!(query(&p, &query_reply(&bad_amount, "alipay.key.pem")).unwrap_err().reason(), "bad_amount");
+    }
+
+    #[test]
+    fn query_replies_must_verify_and_match_the_order() {
+        let p = query_provider();
+        let good = query_reply(PAID, "alipay.key.pem");
+        let mut tampered = good.body.to_vec();
+        let at = String::from_utf8_lossy(&tampered).find("88.88").unwrap();
+        tampered[at] = b'9';
+        let reply = HttpReply { status: 200, headers: http::HeaderMap::new(), body: Bytes::from(tampered) };
+        assert_eq!(query(&p, &reply).unwrap_err().reason(), "bad_signature");
+        // Re-serialised text is not what Alipay signed.
+        let reserialised: Value = serde_json::from_str(PAID).unwrap();
+        let mut moved = query_reply(PAID, "alipay.key.pem");
+        let body: Value = serde_json::from_slice(&moved.body).unwrap();
+        moved.body = Bytes::from(format!(r#"{{"alipay_trade_query_response":{reserialised},"sign":{}}}"#, body["sign"]));
+        assert_eq!(query(&p, &moved).unwrap_err().reason(), "bad_signature");
+        // Signed with the app's key instead of Alipay's.
+        assert_eq!(query(&p, &query_reply(PAID, "alipay_app.key.pem")).unwrap_err().reason(), "bad_signature");
+        let unsigned = HttpReply { status: 200, headers: http::HeaderMap::new(), body: Bytes::from(format!(r#"{{"alipay_trade_query_response":{PAID}}}"#)) };
+        assert_eq!(query(&p, &unsigned).unwrap_err().reason(), "bad_signature");
+        let other = PAID.replace(r#""out_trade_no":"o1""#, r#""out_trade_no":"o2""#);
+        assert_eq!(query(&p, &query_reply(&other, "alipay.key.pem")).unwrap_err().reason(), "malformed");
+    }
+
+    #[test]
+    fn order_query_needs_its_config() {
+        assert!(test_key_provider().order_query("o1", NOW).is_none());
+        let base = "app_id = \"1\"\nalipay_public_key_file = \"alipay.pub.pem\"\n";
+        assert!(provider(&format!("{base}api_base = \"http://127.0.0.1:9/gateway.do\"")).is_err());
+        assert!(provider(&format!("{base}app_private_key_file = \"alipay_app.key.pem\"")).is_err());
+        assert!(provider(&format!("{base}api_base = \"http://127.0.0.1:9/gateway.do\"\napp_private_key_file = \"alipay_app.pub.pem\"")).is_err());
+        let cert_mode = "app_id = \"1\"\nalipay_cert_file = \"alipay_leaf.cert.pem\"\nalipay_root_cert_file = \"alipay_root.cert.pem\"\n";
+        let query = "api_base = \"http://127.0.0.1:9/gateway.do\"\napp_private_key_file = \"alipay_app.key.pem\"";
+        assert!(provider(&format!("{cert_mode}{query}")).is_err());
+        assert!(provider(&format!("{base}{query}")).unwrap().order_query("o1", NOW).is_some());
     }
 
     #[test]

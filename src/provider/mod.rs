@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::config::{ConfigDir, ConfigError};
+use crate::forward::{Backend, HttpReply};
 
 /// The raw notification, exactly as received.
 pub struct Inbound<'a> {
@@ -122,6 +123,32 @@ pub trait Provider: Send + Sync {
 
     /// The provider's exact reply for `answer`; `reason` is a short fixed label, never user data.
     fn reply(&self, answer: Answer, reason: &str) -> Reply;
+
+    /// The signed order-query request for `out_trade_no` (the active trigger), or `None` when the
+    /// account has no `api_base` / signing key configured. `now` is unix seconds.
+    fn order_query(&self, out_trade_no: &str, now: i64) -> Option<QueryRequest<'_>>;
+
+    /// Verifies and interprets the provider's answer to [`Provider::order_query`]; a reply that
+    /// does not verify is an error, never "not paid".
+    fn parse_order_query(&self, out_trade_no: &str, reply: &HttpReply, now: i64) -> Result<QueryOutcome, ProviderError>;
+}
+
+/// A provider API call, built without I/O; the flow sends it.
+pub struct QueryRequest<'a> {
+    pub endpoint: &'a Backend,
+    pub method: &'static str,
+    /// Path and query on the endpoint's host.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// What a verified order query says.
+#[derive(Debug)]
+pub enum QueryOutcome {
+    Paid(PaidOrder),
+    /// Not paid (yet), or unknown to the provider: the provider's own state word.
+    NotPaid { trade_state: String },
 }
 
 /// Builds the provider of one `[accounts.NAME]` section: the only registry of providers.

@@ -12,8 +12,11 @@ use ring::hmac;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, Reply, Verified};
+use super::wechat_v3::{api_base, api_path};
+use super::{parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::ConfigError;
+use crate::forward::{Backend, HttpReply};
+use crate::keys::random_hex;
 use crate::secret::{ct_eq, Secret};
 
 #[derive(Deserialize)]
@@ -22,12 +25,15 @@ pub struct WechatV2Config {
     mch_id: String,
     appid: Option<String>,
     api_key: Secret,
+    api_base: Option<String>,
 }
 
 pub struct WechatV2 {
     mch_id: String,
     appid: Option<String>,
     api_key: Secret,
+    /// The order-query host; set only together with `appid`, which `orderquery` sends.
+    api: Option<Backend>,
 }
 
 /// The two v2 signature algorithms (`sign_type`).
@@ -47,7 +53,12 @@ impl WechatV2 {
         if cfg.mch_id.is_empty() {
             return Err(ConfigError::invalid(format!("{key}.mch_id"), "must not be empty"));
         }
-        Ok(WechatV2 { mch_id: cfg.mch_id, appid: cfg.appid, api_key: cfg.api_key })
+        let api = cfg.api_base.as_deref().map(|url| api_base(key, url)).transpose()?;
+        // orderquery must name the app; an api_base that could never be used is a typo.
+        if api.is_some() && cfg.appid.is_none() {
+            return Err(ConfigError::invalid(format!("{key}.api_base"), "needs appid (orderquery sends it)"));
+        }
+        Ok(WechatV2 { mch_id: cfg.mch_id, appid: cfg.appid, api_key: cfg.api_key, api })
     }
 
     /// Checks `sign` over `fields`; shared with order-query responses, which are signed the same way.
@@ -70,17 +81,21 @@ impl WechatV2 {
         }
     }
 
-    /// Normalises signed notification fields.
-    fn notification(&self, fields: BTreeMap<String, String>) -> Result<Verified, ProviderError> {
-        let text = |name: &str| fields.get(name).cloned().unwrap_or_default();
-        if text("mch_id") != self.mch_id {
+    /// Signed fields name this account's merchant (and app, when configured).
+    fn check_merchant(&self, fields: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+        if fields.get("mch_id") != Some(&self.mch_id) {
             return Err(ProviderError::MerchantMismatch);
         }
-        if let Some(appid) = &self.appid {
-            if &text("appid") != appid {
-                return Err(ProviderError::MerchantMismatch);
-            }
+        match &self.appid {
+            Some(appid) if fields.get("appid") != Some(appid) => Err(ProviderError::MerchantMismatch),
+            _ => Ok(()),
         }
+    }
+
+    /// Normalises signed notification (or paid order-query) fields.
+    fn notification(&self, fields: BTreeMap<String, String>) -> Result<Verified, ProviderError> {
+        let text = |name: &str| fields.get(name).cloned().unwrap_or_default();
+        self.check_merchant(&fields)?;
         for code in ["return_code", "result_code"] {
             let value = text(code);
             if value != "SUCCESS" {
@@ -248,6 +263,61 @@ impl Provider for WechatV2 {
         let fields = parse_xml(inbound.body)?;
         self.verify_signature(&fields)?;
         self.notification(fields)
+    }
+
+    fn order_query(&self, out_trade_no: &str, _now: i64) -> Option<QueryRequest<'_>> {
+        let api = self.api.as_ref()?;
+        let appid = self.appid.as_ref()?;
+        let mut fields = BTreeMap::from([
+            ("appid".to_string(), appid.clone()),
+            ("mch_id".to_string(), self.mch_id.clone()),
+            ("nonce_str".to_string(), random_hex(16)),
+            ("out_trade_no".to_string(), out_trade_no.to_string()),
+        ]);
+        // No sign_type field means MD5, and WeChat signs its answer the same way.
+        let signature = sign(&fields, self.api_key.expose(), SignKind::Md5);
+        fields.insert("sign".into(), signature);
+        Some(QueryRequest {
+            endpoint: api,
+            method: "POST",
+            path: api_path(api, "/pay/orderquery"),
+            headers: vec![("Content-Type".into(), "text/xml".into())],
+            body: Bytes::from(to_xml(&fields)),
+        })
+    }
+
+    fn parse_order_query(&self, out_trade_no: &str, reply: &HttpReply, _now: i64) -> Result<QueryOutcome, ProviderError> {
+        if reply.status != 200 {
+            return Err(ProviderError::Malformed(format!("query status {}", reply.status)));
+        }
+        let fields = parse_xml(&reply.body)?;
+        // A FAIL return_code (bad request signature, bad parameters) comes unsigned: name it,
+        // rather than reporting the missing sign.
+        if fields.get("return_code").map(String::as_str) != Some("SUCCESS") {
+            return Err(ProviderError::Malformed("query return_code is not SUCCESS".into()));
+        }
+        self.verify_signature(&fields)?;
+        self.check_merchant(&fields)?;
+        let text = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
+        if text("result_code") != "SUCCESS" {
+            return match text("err_code") {
+                "ORDERNOTEXIST" => Ok(QueryOutcome::NotPaid { trade_state: "ORDERNOTEXIST".into() }),
+                _ => Err(ProviderError::Malformed("query result_code is not SUCCESS".into())),
+            };
+        }
+        if text("out_trade_no") != out_trade_no {
+            return Err(ProviderError::Malformed("query answered another out_trade_no".into()));
+        }
+        match text("trade_state") {
+            "SUCCESS" => {}
+            "" => return Err(ProviderError::Malformed("query reply has no trade_state".into())),
+            other => return Ok(QueryOutcome::NotPaid { trade_state: other.to_string() }),
+        }
+        match self.notification(fields)? {
+            Verified::Paid(order) => Ok(QueryOutcome::Paid(order)),
+            // Both codes were SUCCESS above, which is all `notification` asks of a payment.
+            Verified::NotPayment { .. } => Err(ProviderError::Malformed("query reply is not a payment".into())),
+        }
     }
 
     fn reply(&self, answer: Answer, reason: &str) -> Reply {
@@ -455,6 +525,151 @@ mod tests {
         // Values survive the round trip, `]]>` included.
         let tricky = BTreeMap::from([("v".to_string(), "a]]>b<&".to_string())]);
         assert_eq!(parse_xml(to_xml(&tricky).as_bytes()).unwrap(), tricky);
+    }
+
+    fn query_provider(api_base: &str) -> WechatV2 {
+        let cfg: WechatV2Config = toml::from_str(&format!(
+            "mch_id = \"10000100\"\nappid = \"wxd930ea5d5a258f4f\"\napi_key = {KEY:?}\napi_base = {api_base:?}"
+        ))
+        .unwrap();
+        WechatV2::from_config("t", cfg).unwrap()
+    }
+
+    /// The orderquery answer for a paid order: the notification's fields plus trade_state.
+    fn paid_query_fields() -> BTreeMap<String, String> {
+        let mut fields = paid_fields();
+        fields.insert("return_msg".into(), "OK".into());
+        fields.insert("trade_state".into(), "SUCCESS".into());
+        fields.insert("trade_state_desc".into(), "支付成功".into());
+        fields
+    }
+
+    fn xml_reply(body: Vec<u8>) -> HttpReply {
+        HttpReply { status: 200, headers: http::HeaderMap::new(), body: Bytes::from(body) }
+    }
+
+    fn query(p: &WechatV2, reply: Vec<u8>) -> Result<QueryOutcome, ProviderError> {
+        p.parse_order_query("1409811653", &xml_reply(reply), 0)
+    }
+
+    #[test]
+    fn order_query_is_a_signed_xml_post_under_the_api_base_prefix() {
+        let p = query_provider("http://127.0.0.1:9/prefix");
+        let req = p.order_query("1409811653", 0).unwrap();
+        assert_eq!((req.endpoint.url(), req.method, req.path.as_str()), ("http://127.0.0.1:9/prefix", "POST", "/prefix/pay/orderquery"));
+        assert_eq!(req.headers, [("Content-Type".to_string(), "text/xml".to_string())]);
+        let fields = parse_xml(&req.body).unwrap();
+        let names: Vec<&str> = fields.keys().map(String::as_str).collect();
+        assert_eq!(names, ["appid", "mch_id", "nonce_str", "out_trade_no", "sign"]);
+        assert_eq!((fields["appid"].as_str(), fields["mch_id"].as_str()), ("wxd930ea5d5a258f4f", "10000100"));
+        assert_eq!(fields["out_trade_no"], "1409811653");
+        assert!(is_hex(&fields["nonce_str"], 32));
+        // The sign reproduces by the documented recipe, written out here.
+        let text = format!(
+            "appid=wxd930ea5d5a258f4f&mch_id=10000100&nonce_str={}&out_trade_no=1409811653&key={KEY}",
+            fields["nonce_str"]
+        );
+        assert_eq!(fields["sign"], hex::encode_upper(Md5::digest(text.as_bytes())));
+        assert_ne!(p.order_query("1409811653", 0).unwrap().body, req.body, "a fresh nonce per request");
+        let bare = query_provider("http://127.0.0.1:9/");
+        assert_eq!(bare.order_query("x", 0).unwrap().path, "/pay/orderquery");
+    }
+
+    #[test]
+    fn paid_query_reply_normalises_like_a_notification() {
+        let p = query_provider("http://127.0.0.1:9");
+        let QueryOutcome::Paid(order) = query(&p, signed(paid_query_fields(), SignKind::Md5)).unwrap() else { panic!("not paid") };
+        let info: Map<String, Value> = paid_query_fields().into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+        assert_eq!(
+            order,
+            PaidOrder {
+                provider: "wxpay",
+                out_trade_no: "1409811653".into(),
+                transaction_id: "1004400740201409030005092168".into(),
+                total_fee: 101,
+                mch_id: "10000100".into(),
+                appid: "wxd930ea5d5a258f4f".into(),
+                openid: "oUpF8uMEb4qRXf22hE3X68TekukE".into(),
+                pay_date: 1_409_721_340_000,
+                attach: serde_json::json!({ "user_id": "u1" }),
+                notify_info: info,
+            }
+        );
+    }
+
+    #[test]
+    fn unpaid_and_unknown_orders_are_not_paid() {
+        let p = query_provider("http://127.0.0.1:9");
+        let mut unpaid = paid_query_fields();
+        unpaid.insert("trade_state".into(), "NOTPAY".into());
+        for k in ["transaction_id", "time_end", "openid", "bank_type"] {
+            unpaid.remove(k);
+        }
+        let outcome = query(&p, signed(unpaid, SignKind::Md5)).unwrap();
+        assert!(matches!(outcome, QueryOutcome::NotPaid { ref trade_state } if trade_state == "NOTPAY"), "{outcome:?}");
+
+        let missing: BTreeMap<String, String> = [
+            ("appid", "wxd930ea5d5a258f4f"),
+            ("err_code", "ORDERNOTEXIST"),
+            ("err_code_des", "订单不存在"),
+            ("mch_id", "10000100"),
+            ("nonce_str", "5d2b6c2a8db53831"),
+            ("result_code", "FAIL"),
+            ("return_code", "SUCCESS"),
+            ("return_msg", "OK"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let outcome = query(&p, signed(missing.clone(), SignKind::Md5)).unwrap();
+        assert!(matches!(outcome, QueryOutcome::NotPaid { ref trade_state } if trade_state == "ORDERNOTEXIST"), "{outcome:?}");
+        let mut system_error = missing;
+        system_error.insert("err_code".into(), "SYSTEMERROR".into());
+        assert_eq!(query(&p, signed(system_error, SignKind::Md5)).unwrap_err().reason(), "malformed");
+    }
+
+    #[test]
+    fn failed_unsigned_or_foreign_query_replies_are_errors() {
+        let p = query_provider("http://127.0.0.1:9");
+        // return_code FAIL: WeChat could not even read the request; it comes unsigned.
+        let fail = to_xml(&BTreeMap::from([
+            ("return_code".to_string(), "FAIL".to_string()),
+            ("return_msg".to_string(), "签名错误".to_string()),
+        ]));
+        let err = query(&p, fail.into_bytes()).unwrap_err();
+        assert_eq!(err.reason(), "malformed");
+        assert!(!err.to_string().contains("签名"), "{err}");
+
+        let mut tampered = paid_query_fields();
+        let sig = sign(&tampered, KEY, SignKind::Md5);
+        tampered.insert("sign".into(), sig);
+        tampered.insert("total_fee".into(), "10100".into());
+        assert_eq!(query(&p, to_xml(&tampered).into_bytes()).unwrap_err().reason(), "bad_signature");
+        let mut wrong_key = paid_query_fields();
+        wrong_key.insert("sign".into(), sign(&wrong_key, "0123456789abcdef0123456789abcdef", SignKind::Md5));
+        assert_eq!(query(&p, to_xml(&wrong_key).into_bytes()).unwrap_err().reason(), "bad_signature");
+
+        let mut other_order = paid_query_fields();
+        other_order.insert("out_trade_no".into(), "1409811654".into());
+        assert_eq!(query(&p, signed(other_order, SignKind::Md5)).unwrap_err().reason(), "malformed");
+        let mut other_merchant = paid_query_fields();
+        other_merchant.insert("mch_id".into(), "10000101".into());
+        other_merchant.insert("trade_state".into(), "NOTPAY".into());
+        assert_eq!(query(&p, signed(other_merchant, SignKind::Md5)).unwrap_err().reason(), "merchant_mismatch");
+
+        let status = HttpReply { status: 502, headers: http::HeaderMap::new(), body: Bytes::from_static(b"<html>bad gateway</html>") };
+        let err = p.parse_order_query("1409811653", &status, 0).unwrap_err();
+        assert_eq!(err.to_string(), "malformed notification: query status 502");
+    }
+
+    #[test]
+    fn order_query_needs_api_base_and_appid() {
+        assert!(provider(Some("wxd930ea5d5a258f4f")).order_query("x", 0).is_none());
+        let no_appid: WechatV2Config = toml::from_str(&format!("mch_id = \"1\"\napi_key = {KEY:?}\napi_base = \"http://127.0.0.1:9\"")).unwrap();
+        assert!(WechatV2::from_config("t", no_appid).is_err());
+        let query_string: WechatV2Config =
+            toml::from_str(&format!("mch_id = \"1\"\nappid = \"a\"\napi_key = {KEY:?}\napi_base = \"http://127.0.0.1:9/?x=1\"")).unwrap();
+        assert!(WechatV2::from_config("t", query_string).is_err());
     }
 
     #[test]

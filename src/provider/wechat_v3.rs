@@ -8,17 +8,26 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use ring::aead;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, Reply, Verified};
+use super::{parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::{parse_duration, ConfigDir, ConfigError};
-use crate::keys::{Certificate, RsaPublicKey};
+use crate::forward::{Backend, HttpReply};
+use crate::keys::{random_hex, Certificate, RsaPrivateKey, RsaPublicKey};
 use crate::secret::Secret;
 
 /// WeChat sends these on purpose to check that merchants really verify.
 const PROBE_PREFIX: &str = "WECHATPAY/SIGNTEST/";
+
+/// What stays literal in a path segment: unreserved characters except `.`, so that an
+/// out_trade_no of `..` cannot climb out of the order's resource.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
+/// WeChat refuses API calls without a User-Agent.
+const USER_AGENT: &str = concat!("payhook/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +40,9 @@ pub struct WechatV3Config {
     #[serde(default)]
     platform_certs: Vec<CertEntry>,
     timestamp_tolerance: Option<String>,
+    api_base: Option<String>,
+    merchant_private_key_file: Option<PathBuf>,
+    merchant_serial: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +65,14 @@ pub struct WechatV3 {
     /// `Wechatpay-Serial` → key: public-key ids and certificate serials side by side (rotation).
     keys: HashMap<String, RsaPublicKey>,
     tolerance: i64,
+    query: Option<QueryClient>,
+}
+
+/// What signing an order query takes: the API host and the merchant's API key and its serial.
+struct QueryClient {
+    api: Backend,
+    key: RsaPrivateKey,
+    serial: String,
 }
 
 impl WechatV3 {
@@ -82,7 +102,20 @@ impl WechatV3 {
             Some(t) => parse_duration(&format!("{key}.timestamp_tolerance"), t)?,
             None => Duration::from_secs(300),
         };
-        Ok(WechatV3 { mchid: cfg.mchid, appid: cfg.appid, gcm_key, keys, tolerance: tolerance.as_secs() as i64 })
+        let query = match (&cfg.api_base, &cfg.merchant_private_key_file, &cfg.merchant_serial) {
+            (None, None, None) => None,
+            (Some(url), Some(path), Some(serial)) => {
+                let k = format!("{key}.merchant_private_key_file");
+                let private = RsaPrivateKey::from_pem(&dir.read(&k, path)?).map_err(|e| ConfigError::invalid(&k, e))?;
+                if serial.is_empty() {
+                    return Err(ConfigError::invalid(format!("{key}.merchant_serial"), "must not be empty"));
+                }
+                Some(QueryClient { api: api_base(key, url)?, key: private, serial: serial.clone() })
+            }
+            // Half a query setup is a typo, not a choice: say so at start-up, not at the first query.
+            _ => return Err(ConfigError::invalid(key, "api_base, merchant_private_key_file and merchant_serial go together")),
+        };
+        Ok(WechatV3 { mchid: cfg.mchid, appid: cfg.appid, gcm_key, keys, tolerance: tolerance.as_secs() as i64, query })
     }
 
     /// Verifies `Wechatpay-*` headers against `body`; shared with order-query responses.
@@ -159,6 +192,22 @@ impl WechatV3 {
     }
 }
 
+/// Parses an account's `api_base`, under which request paths are appended: a query string there
+/// would land in the middle of the path, so it is refused.
+pub(super) fn api_base(key: &str, url: &str) -> Result<Backend, ConfigError> {
+    let k = format!("{key}.api_base");
+    let api = Backend::parse(url).map_err(|e| ConfigError::invalid(&k, e))?;
+    if api.path().contains('?') {
+        return Err(ConfigError::invalid(k, "must not have a query string"));
+    }
+    Ok(api)
+}
+
+/// `suffix` under the base path of `api` (which may or may not end in `/`).
+pub(super) fn api_path(api: &Backend, suffix: &str) -> String {
+    format!("{}{suffix}", api.path().trim_end_matches('/'))
+}
+
 fn header<'a>(headers: &'a http::HeaderMap, name: &'static str) -> Result<&'a str, ProviderError> {
     headers
         .get(name)
@@ -193,6 +242,12 @@ struct Resource {
     nonce: String,
 }
 
+/// A v3 API error answer (`{"code":"ORDER_NOT_EXIST","message":"…"}`).
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: String,
+}
+
 impl Provider for WechatV3 {
     fn kind(&self) -> &'static str {
         "wechat-v3"
@@ -213,6 +268,64 @@ impl Provider for WechatV3 {
         let tx: Map<String, Value> =
             serde_json::from_slice(&plain).map_err(|_| ProviderError::Malformed("resource is not a transaction".into()))?;
         self.transaction(tx)
+    }
+
+    fn order_query(&self, out_trade_no: &str, now: i64) -> Option<QueryRequest<'_>> {
+        let query = self.query.as_ref()?;
+        let path = api_path(
+            &query.api,
+            &format!(
+                "/v3/pay/transactions/out-trade-no/{}?mchid={}",
+                utf8_percent_encode(out_trade_no, SEGMENT),
+                utf8_percent_encode(&self.mchid, SEGMENT)
+            ),
+        );
+        let nonce = random_hex(16);
+        // WeChat signs what follows the host, so the prefix of api_base is part of the message.
+        let message = format!("GET\n{path}\n{now}\n{nonce}\n\n");
+        let signature = B64.encode(query.key.sign_sha256(message.as_bytes()));
+        let authorization = format!(
+            "WECHATPAY2-SHA256-RSA2048 mchid=\"{}\",nonce_str=\"{nonce}\",signature=\"{signature}\",timestamp=\"{now}\",serial_no=\"{}\"",
+            self.mchid, query.serial
+        );
+        Some(QueryRequest {
+            endpoint: &query.api,
+            method: "GET",
+            path,
+            headers: vec![
+                ("Accept".into(), "application/json".into()),
+                ("User-Agent".into(), USER_AGENT.into()),
+                ("Authorization".into(), authorization),
+            ],
+            body: Bytes::new(),
+        })
+    }
+
+    fn parse_order_query(&self, out_trade_no: &str, reply: &HttpReply, now: i64) -> Result<QueryOutcome, ProviderError> {
+        self.verify_signature(&reply.headers, &reply.body, now)?;
+        match reply.status {
+            200 => {
+                let tx: Map<String, Value> =
+                    serde_json::from_slice(&reply.body).map_err(|_| ProviderError::Malformed("query reply is not a transaction".into()))?;
+                if tx.get("out_trade_no").and_then(Value::as_str) != Some(out_trade_no) {
+                    return Err(ProviderError::Malformed("query answered another out_trade_no".into()));
+                }
+                let state = tx.get("trade_state").and_then(Value::as_str).unwrap_or_default().to_string();
+                if state.is_empty() {
+                    return Err(ProviderError::Malformed("query reply has no trade_state".into()));
+                }
+                // `transaction` checks mchid and appid before it looks at the state.
+                match self.transaction(tx)? {
+                    Verified::Paid(order) => Ok(QueryOutcome::Paid(order)),
+                    Verified::NotPayment { .. } => Ok(QueryOutcome::NotPaid { trade_state: state }),
+                }
+            }
+            404 => match serde_json::from_slice::<ErrorBody>(&reply.body) {
+                Ok(e) if e.code == "ORDER_NOT_EXIST" => Ok(QueryOutcome::NotPaid { trade_state: e.code }),
+                _ => Err(ProviderError::Malformed("query status 404".into())),
+            },
+            status => Err(ProviderError::Malformed(format!("query status {status}"))),
+        }
     }
 
     fn reply(&self, answer: Answer, reason: &str) -> Reply {
@@ -309,6 +422,209 @@ mod tests {
         let mut raw = B64.decode(ct).unwrap();
         raw[0] ^= 1;
         assert!(decrypt_aes_gcm(&key, nonce, aad, &B64.encode(raw)).is_err());
+    }
+
+    const MCHID: &str = "1230000109";
+    const APPID: &str = "wxd678efh567hg6787";
+    const PUB_KEY_ID: &str = "PUB_KEY_ID_0114232020240000000000000001";
+    const MERCHANT_SERIAL: &str = "3775B6A45ACD588826D15E583A95F5DD00000001";
+    /// 2026-11-27 13:29:35 Beijing time.
+    const NOW: i64 = 1_795_757_375;
+
+    fn keys_dir() -> ConfigDir {
+        ConfigDir(PathBuf::from(format!("{}/tests/fixtures/keys", env!("CARGO_MANIFEST_DIR"))))
+    }
+
+    /// An account that verifies with platform key A (public-key mode), plus `extra` config.
+    fn account(extra: &str) -> Result<WechatV3, ConfigError> {
+        let cfg: WechatV3Config = toml::from_str(&format!(
+            "mchid = {MCHID:?}\nappid = {APPID:?}\napiv3_key = \"0123456789abcdef0123456789abcdef\"\n\
+             platform_public_keys = [{{ id = {PUB_KEY_ID:?}, pem_file = \"wx_platform_a.pub.pem\" }}]\n{extra}"
+        ))
+        .unwrap();
+        WechatV3::from_config("t", cfg, &keys_dir())
+    }
+
+    fn query_account(api_base: &str) -> WechatV3 {
+        account(&format!(
+            "api_base = {api_base:?}\nmerchant_private_key_file = \"wx_merchant.key.pem\"\nmerchant_serial = {MERCHANT_SERIAL:?}"
+        ))
+        .unwrap()
+    }
+
+    /// A reply signed the way WeChat signs API answers, with the platform key in `key_file`.
+    fn signed_reply(status: u16, body: &str, key_file: &str, timestamp: i64) -> HttpReply {
+        let key = RsaPrivateKey::from_pem(&std::fs::read(keys_dir().resolve(key_file.as_ref())).unwrap()).unwrap();
+        let nonce = "593BEC0C930BF1AFEB40B4A08C8FB242";
+        let signature = B64.encode(key.sign_sha256(format!("{timestamp}\n{nonce}\n{body}\n").as_bytes()));
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("wechatpay-timestamp", timestamp.to_string()),
+            ("wechatpay-nonce", nonce.to_string()),
+            ("wechatpay-signature", signature),
+            ("wechatpay-serial", PUB_KEY_ID.to_string()),
+        ] {
+            headers.insert(name, value.parse().unwrap());
+        }
+        HttpReply { status, headers, body: Bytes::from(body.to_string()) }
+    }
+
+    fn platform_reply(status: u16, body: &str) -> HttpReply {
+        signed_reply(status, body, "wx_platform_a.key.pem", NOW)
+    }
+
+    fn queried_transaction(out_trade_no: &str, trade_state: &str) -> Value {
+        serde_json::json!({
+            "appid": APPID, "mchid": MCHID, "out_trade_no": out_trade_no,
+            "transaction_id": "4200002345202611271234567890", "trade_type": "JSAPI",
+            "trade_state": trade_state, "trade_state_desc": "支付成功", "bank_type": "OTHERS",
+            "attach": "{\"user_id\":\"u001\"}", "success_time": "2026-11-27T13:29:35+08:00",
+            "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
+            "amount": {"total": 1234, "payer_total": 1234, "currency": "CNY", "payer_currency": "CNY"}
+        })
+    }
+
+    #[test]
+    fn order_query_is_a_signed_get_under_the_api_base_prefix() {
+        let p = query_account("http://127.0.0.1:9/prefix/");
+        let req = p.order_query("a b/..|*单", NOW).unwrap();
+        assert_eq!((req.endpoint.url(), req.method), ("http://127.0.0.1:9/prefix/", "GET"));
+        let path = "/prefix/v3/pay/transactions/out-trade-no/a%20b%2F%2E%2E%7C%2A%E5%8D%95?mchid=1230000109";
+        assert_eq!(req.path, path);
+        assert!(req.body.is_empty());
+        let names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["Accept", "User-Agent", "Authorization"]);
+        assert_eq!(req.headers[0].1, "application/json");
+        assert!(req.headers[1].1.starts_with("payhook/"));
+
+        let auth = req.headers[2].1.strip_prefix("WECHATPAY2-SHA256-RSA2048 ").unwrap();
+        let params: Vec<(&str, &str)> = auth
+            .split(',')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k, v.strip_prefix('"').unwrap().strip_suffix('"').unwrap())
+            })
+            .collect();
+        let keys: Vec<&str> = params.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["mchid", "nonce_str", "signature", "timestamp", "serial_no"]);
+        let param = |name: &str| params.iter().find(|(k, _)| *k == name).unwrap().1;
+        assert_eq!((param("mchid"), param("timestamp"), param("serial_no")), (MCHID, "1795757375", MERCHANT_SERIAL));
+        let nonce = param("nonce_str");
+        assert!(nonce.len() == 32 && nonce.bytes().all(|b| b.is_ascii_hexdigit()), "{nonce}");
+        // The merchant's public key verifies the signature over the full path as sent.
+        let merchant = RsaPublicKey::from_pem(&std::fs::read(keys_dir().resolve("wx_merchant.pub.pem".as_ref())).unwrap()).unwrap();
+        let signature = B64.decode(param("signature")).unwrap();
+        assert!(merchant.verify_sha256(format!("GET\n{path}\n{NOW}\n{nonce}\n\n").as_bytes(), &signature));
+        assert!(!merchant.verify_sha256(format!("GET\n{path}\n{}\n{nonce}\n\n", NOW + 1).as_bytes(), &signature));
+
+        let again = p.order_query("a b/..|*单", NOW).unwrap();
+        assert_ne!(again.headers[2].1, req.headers[2].1, "a fresh nonce per request");
+        let bare = query_account("http://127.0.0.1:9");
+        assert_eq!(bare.order_query("o1", NOW).unwrap().path, "/v3/pay/transactions/out-trade-no/o1?mchid=1230000109");
+    }
+
+    #[test]
+    fn paid_query_reply_normalises_exactly() {
+        let p = query_account("http://127.0.0.1:9");
+        let tx = queried_transaction("order-1", "SUCCESS");
+        let reply = platform_reply(200, &tx.to_string());
+        let QueryOutcome::Paid(order) = p.parse_order_query("order-1", &reply, NOW + 10).unwrap() else { panic!("not paid") };
+        assert_eq!(
+            order,
+            PaidOrder {
+                provider: "wxpay",
+                out_trade_no: "order-1".into(),
+                transaction_id: "4200002345202611271234567890".into(),
+                total_fee: 1234,
+                mch_id: MCHID.into(),
+                appid: APPID.into(),
+                openid: "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".into(),
+                pay_date: NOW * 1000,
+                attach: serde_json::json!({ "user_id": "u001" }),
+                notify_info: tx.as_object().unwrap().clone(),
+            }
+        );
+    }
+
+    #[test]
+    fn unpaid_and_unknown_orders_are_not_paid() {
+        let p = query_account("http://127.0.0.1:9");
+        let reply = platform_reply(200, &queried_transaction("order-1", "NOTPAY").to_string());
+        let outcome = p.parse_order_query("order-1", &reply, NOW).unwrap();
+        assert!(matches!(outcome, QueryOutcome::NotPaid { ref trade_state } if trade_state == "NOTPAY"), "{outcome:?}");
+        let missing = platform_reply(404, r#"{"code":"ORDER_NOT_EXIST","message":"订单不存在"}"#);
+        let outcome = p.parse_order_query("order-1", &missing, NOW).unwrap();
+        assert!(matches!(outcome, QueryOutcome::NotPaid { ref trade_state } if trade_state == "ORDER_NOT_EXIST"), "{outcome:?}");
+    }
+
+    #[test]
+    fn other_answers_are_errors_without_body_text() {
+        let p = query_account("http://127.0.0.1:9");
+        for (status, body) in [
+            (404, r#"{"code":"RESOURCE_NOT_EXISTS","message":"secret-ish"}"#),
+            (500, r#"{"code":"SYSTEM_ERROR","message":"secret-ish"}"#),
+            (429, r#"{"code":"FREQUENCY_LIMITED","message":"secret-ish"}"#),
+            (200, "secret-ish"),
+        ] {
+            let err = p.parse_order_query("order-1", &platform_reply(status, body), NOW).unwrap_err();
+            assert_eq!(err.reason(), "malformed");
+            assert!(!err.to_string().contains("secret-ish") && !err.to_string().contains("_"), "{err}");
+        }
+        assert_eq!(
+            p.parse_order_query("order-1", &platform_reply(500, "{}"), NOW).unwrap_err().to_string(),
+            "malformed notification: query status 500"
+        );
+        let no_state = platform_reply(200, &serde_json::json!({ "mchid": MCHID, "appid": APPID, "out_trade_no": "order-1" }).to_string());
+        assert_eq!(p.parse_order_query("order-1", &no_state, NOW).unwrap_err().reason(), "malformed");
+    }
+
+    #[test]
+    fn query_replies_must_verify() {
+        let p = query_account("http://127.0.0.1:9");
+        let body = queried_transaction("order-1", "SUCCESS").to_string();
+        let mut tampered = platform_reply(200, &body);
+        tampered.body = Bytes::from(body.replace("1234", "9999"));
+        assert_eq!(p.parse_order_query("order-1", &tampered, NOW).unwrap_err().reason(), "bad_signature");
+        // The right key id with another key's signature.
+        let wrong_key = signed_reply(200, &body, "wx_platform_b.key.pem", NOW);
+        assert_eq!(p.parse_order_query("order-1", &wrong_key, NOW).unwrap_err().reason(), "bad_signature");
+        let stale = signed_reply(200, &body, "wx_platform_a.key.pem", NOW - 600);
+        assert_eq!(p.parse_order_query("order-1", &stale, NOW).unwrap_err().reason(), "stale_timestamp");
+        let mut unknown = platform_reply(200, &body);
+        unknown.headers.insert("wechatpay-serial", "PUB_KEY_ID_OTHER".parse().unwrap());
+        assert_eq!(p.parse_order_query("order-1", &unknown, NOW).unwrap_err().reason(), "unknown_serial");
+        // An unsigned "not found" is not believed either.
+        let unsigned = HttpReply { status: 404, headers: http::HeaderMap::new(), body: Bytes::from(r#"{"code":"ORDER_NOT_EXIST"}"#) };
+        assert_eq!(p.parse_order_query("order-1", &unsigned, NOW).unwrap_err().reason(), "missing_header");
+    }
+
+    #[test]
+    fn query_reply_about_another_order_or_merchant_is_refused() {
+        let p = query_account("http://127.0.0.1:9");
+        let other_order = platform_reply(200, &queried_transaction("order-2", "SUCCESS").to_string());
+        assert_eq!(p.parse_order_query("order-1", &other_order, NOW).unwrap_err().reason(), "malformed");
+        let mut tx = queried_transaction("order-1", "NOTPAY");
+        tx["mchid"] = "1230000110".into();
+        let other_merchant = platform_reply(200, &tx.to_string());
+        assert_eq!(p.parse_order_query("order-1", &other_merchant, NOW).unwrap_err().reason(), "merchant_mismatch");
+    }
+
+    #[test]
+    fn order_query_needs_its_config() {
+        assert!(account("").unwrap().order_query("o1", NOW).is_none());
+        let key = "merchant_private_key_file = \"wx_merchant.key.pem\"";
+        let serial = format!("merchant_serial = {MERCHANT_SERIAL:?}");
+        for partial in [
+            format!("api_base = \"http://127.0.0.1:9\"\n{key}"),
+            format!("api_base = \"http://127.0.0.1:9\"\n{serial}"),
+            format!("{key}\n{serial}"),
+            format!("api_base = \"http://127.0.0.1:9/p?x=1\"\n{key}\n{serial}"),
+            format!("api_base = \"ftp://127.0.0.1:9\"\n{key}\n{serial}"),
+            format!("api_base = \"http://127.0.0.1:9\"\nmerchant_private_key_file = \"wx_merchant.pub.pem\"\n{serial}"),
+            format!("api_base = \"http://127.0.0.1:9\"\n{key}\nmerchant_serial = \"\""),
+        ] {
+            assert!(account(&partial).is_err(), "{partial}");
+        }
     }
 
     #[test]

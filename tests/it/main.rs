@@ -1,6 +1,11 @@
 //! Integration tests: the real payhook binary, real Redis, real HTTP backends.
 
+mod bounds;
+mod active;
 mod core;
+mod faults;
+mod leaks;
+mod examples;
 mod providers;
 #[allow(dead_code)] // shared with benches/; not every helper is used by every binary
 mod support;

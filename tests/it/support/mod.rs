@@ -2,6 +2,8 @@
 //! signers written independently of payhook's own code, metrics scraping, private Redis servers.
 
 pub mod http;
+pub mod provider_api;
+pub mod signers;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use base64::Engine;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde_json::Value;
 
-pub use self::http::{send, Canned, Response, TestServer};
+pub use self::http::{send, Canned, Received, Response, TestServer};
 
 pub const APIV3_KEY: &str = "0123456789abcdef0123456789abcdef";
 pub const NOTIFY_KEY: &str = "5fb2cd73c7b53918728417c50762e6d45fb2cd73c7b53918728417c50762e6d4";
@@ -91,10 +93,21 @@ pub struct Payhook {
     pub dir: tempfile::TempDir,
     config_text: String,
     child: Option<Child>,
+    /// `PAYHOOK_LOG` for the child; `None` follows `PAYHOOK_TEST_LOG` (default info).
+    log_level: Option<&'static str>,
 }
 
 impl Payhook {
+    /// Starts payhook logging at `level` (e.g. `debug`).
+    pub async fn start_logging(config_template: &str, level: &'static str) -> Payhook {
+        Self::start_with(config_template, Some(level)).await
+    }
+
     pub async fn start(config_template: &str) -> Payhook {
+        Self::start_with(config_template, None).await
+    }
+
+    async fn start_with(config_template: &str, log_level: Option<&'static str>) -> Payhook {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin_port) = (free_port(), free_port());
         let text = config_template
@@ -107,6 +120,7 @@ impl Payhook {
             dir,
             config_text: text,
             child: None,
+            log_level,
         };
         p.spawn().await;
         p
@@ -122,7 +136,14 @@ impl Payhook {
             .replace(&format!(":{}\"", self.admin.port()), &format!(":{admin_port}\""))
             .replace(&format!("{}/payhook.pid", self.dir.path().display()), &format!("{}/payhook.pid", dir.path().display()))
             .replace(&format!("{}/upgrade.sock", self.dir.path().display()), &format!("{}/upgrade.sock", dir.path().display()));
-        let mut p = Payhook { addr: ([127, 0, 0, 1], port).into(), admin: ([127, 0, 0, 1], admin_port).into(), dir, config_text: text, child: None };
+        let mut p = Payhook {
+            addr: ([127, 0, 0, 1], port).into(),
+            admin: ([127, 0, 0, 1], admin_port).into(),
+            dir,
+            config_text: text,
+            child: None,
+            log_level: self.log_level,
+        };
         p.spawn().await;
         p
     }
@@ -142,7 +163,11 @@ impl Payhook {
     async fn spawn(&mut self) {
         std::fs::write(self.config_path(), &self.config_text).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let child = payhook_command()
+        let mut cmd = payhook_command();
+        if let Some(level) = self.log_level {
+            cmd.env("PAYHOOK_LOG", level);
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(self.config_path())
             .stdout(Stdio::null())
@@ -171,6 +196,21 @@ impl Payhook {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `QUIT`, ...).
+    /// Resident memory of the payhook process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+        assert!(status.success());
     }
 
     pub async fn restart(&mut self) {
@@ -333,11 +373,20 @@ pub fn now() -> i64 {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Set for a durable server: AOF with fsync on every write, so SIGKILL loses nothing.
+    aof_dir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        let mut r = RedisServer { port: free_port(), child: None };
+        let mut r = RedisServer { port: free_port(), child: None, aof_dir: None };
+        r.resume().await;
+        r
+    }
+
+    /// The production setting the Guarantees rely on: `appendonly yes`, `appendfsync always`.
+    pub async fn start_durable() -> RedisServer {
+        let mut r = RedisServer { port: free_port(), child: None, aof_dir: Some(tempfile::tempdir().unwrap()) };
         r.resume().await;
         r
     }
@@ -347,17 +396,29 @@ impl RedisServer {
     }
 
     pub async fn resume(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        match &self.aof_dir {
+            Some(dir) => cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(dir.path()),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+        // Ready means answering PING, not just accepting: an AOF replay happens after bind.
+        while !redis_answers(self.port).await {
             assert!(Instant::now() < deadline, "redis-server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Runs a command with redis-cli (e.g. `CLIENT PAUSE 2000 ALL`).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").arg("-p").arg(self.port.to_string()).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     pub fn stop(&mut self) {
@@ -366,6 +427,16 @@ impl RedisServer {
             let _ = c.wait();
         }
     }
+}
+
+async fn redis_answers(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    matches!(tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut buf)).await, Ok(Ok(_)) if &buf == b"+PONG\r\n")
 }
 
 impl Drop for RedisServer {

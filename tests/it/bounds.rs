@@ -1,0 +1,106 @@
+//! Resource bounds: slowloris clients, 10 000 idle connections, a 100 MB body and 1 000
+//! notifications for unknown accounts leave memory bounded and valid traffic served.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const IDLE_CONNECTIONS: usize = 10_000;
+/// The bound stated in the README: per held connection, plus a fixed allowance for the rest of
+/// this test's load (measured: ~33 KiB per idle connection in a debug build).
+const MAX_KIB_PER_CONNECTION: u64 = 48;
+const MAX_FIXED_GROWTH_KIB: u64 = 64 * 1024;
+
+async fn status_of(stream: &mut TcpStream) -> Option<u16> {
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.ok()?.ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_load_keeps_memory_bounded_and_service_up() {
+    let backend = ok_backend().await;
+    let cfg = config(&embedded_ledger(), &backend.url("/pay/notify"), "").replace("grace_period = \"0s\"", "grace_period = \"0s\"\nbody_timeout = \"1s\"");
+    let gw = Payhook::start(&cfg).await;
+    let wx = WxV3::public_key_mode();
+    let (h, b) = wx.paid("bounds-warm", 1);
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    let baseline = gw.rss_kib();
+
+    // 10 000 connections that never send a byte.
+    let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS {
+        idle.push(TcpStream::connect(gw.addr).await.expect("connect"));
+    }
+
+    // Slowloris on the body: headers promise 200 bytes, the body trickles; cut off at body_timeout.
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"POST /notify/wx/goods HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n{").await.unwrap();
+    let slow_started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if slow.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+        (status_of(&mut slow).await, slow_started.elapsed())
+    });
+
+    // A 100 MB body, declared: refused from the header alone.
+    let mut big = TcpStream::connect(gw.addr).await.unwrap();
+    big.write_all(b"POST /notify/wx/goods HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n").await.unwrap();
+    assert_eq!(status_of(&mut big).await, Some(413));
+    // A 100 MB body, chunked: payhook stops reading at the limit and answers 413.
+    let mut chunked = TcpStream::connect(gw.addr).await.unwrap();
+    chunked.write_all(b"POST /notify/wx/goods HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+    let chunk = [b"10000\r\n".as_slice(), &vec![b'a'; 0x10000], b"\r\n"].concat();
+    let mut sent = 0usize;
+    while sent < 100 * 1024 * 1024 {
+        match tokio::time::timeout(Duration::from_secs(5), chunked.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += 0x10000,
+            _ => break,
+        }
+    }
+    assert!(sent < 100 * 1024 * 1024, "payhook read a 100 MB body to the end");
+    assert_eq!(status_of(&mut chunked).await, Some(413));
+
+    // 1 000 notifications for accounts that do not exist.
+    for i in 0..1000 {
+        let r = gw.post(&format!("/notify/acct-{i}/goods"), &h, b.as_bytes()).await;
+        assert_eq!(r.status, 404);
+    }
+    assert_eq!(gw.metric("payhook_notifications_total", &[("outcome", "not_found")]).await, 1000.0);
+    let metrics = crate::support::http::get(gw.admin, "/metrics", &[]).await.text();
+    assert!(!metrics.contains("acct-"), "unknown account names never become metric labels");
+
+    // Valid traffic is still served while all of that is held open.
+    let (h2, b2) = wx.paid("bounds-live", 2);
+    assert_eq!(gw.post("/notify/wx/goods", &h2, b2.as_bytes()).await.status, 204);
+    assert_eq!(backend.count(), 2);
+
+    let (slow_status, slow_took) = trickle.await.unwrap();
+    assert_eq!(slow_status, Some(408), "the trickling body is cut off");
+    assert!(slow_took < Duration::from_secs(3), "cut off after body_timeout, took {slow_took:?}");
+
+    let peak = gw.rss_kib();
+    println!(
+        "resource bounds: rss baseline={baseline} KiB, with {IDLE_CONNECTIONS} idle connections + hostile clients={peak} KiB (+{} KiB, {:.1} KiB per connection)",
+        peak.saturating_sub(baseline),
+        peak.saturating_sub(baseline) as f64 / IDLE_CONNECTIONS as f64
+    );
+    let bound = MAX_KIB_PER_CONNECTION * IDLE_CONNECTIONS as u64 + MAX_FIXED_GROWTH_KIB;
+    assert!(peak.saturating_sub(baseline) < bound, "memory grew by {} KiB (bound {bound} KiB)", peak - baseline);
+
+    // Closing the idle connections frees their share: memory does not keep growing.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        let (h, b) = wx.paid(&format!("bounds-after-{i}"), 3);
+        assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    }
+    assert!(gw.rss_kib() <= peak + 4096, "memory kept growing after the connections closed");
+}
