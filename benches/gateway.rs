@@ -4,7 +4,7 @@
 //! `cargo bench --bench gateway` (env: BENCH_N notifications, default 5000; BENCH_CONCURRENCY
 //! keep-alive connections, default 16; PAYHOOK_TEST_REDIS, default redis://127.0.0.1:6379/0).
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 

@@ -19,6 +19,7 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the admin API.
 //! - [`metrics`]: every Prometheus metric, defined in one place.
 //! - [`reload`]: SIGHUP re-reads keys, certificates and routes without dropping connections.
+//! - [`simulate`]: notifications signed exactly as each provider signs them (`payhook simulate`).
 //! - [`server`]: assembles the pingora `Server` from a [`config::Config`].
 
 pub mod active;
