@@ -432,28 +432,29 @@ mod tests {
         assert_eq!(p.verify_signature(&fields).unwrap_err().reason(), "bad_signature");
     }
 
+    /// The order both the notification and the query reply of these fixtures describe.
+    fn expected_paid(fields: BTreeMap<String, String>) -> PaidOrder {
+        PaidOrder {
+            provider: "wxpay",
+            out_trade_no: "1409811653".into(),
+            transaction_id: "1004400740201409030005092168".into(),
+            total_fee: 101,
+            mch_id: "10000100".into(),
+            appid: "wxd930ea5d5a258f4f".into(),
+            openid: "oUpF8uMEb4qRXf22hE3X68TekukE".into(),
+            // 2014-09-03 13:15:40 +08:00
+            pay_date: 1_409_721_340_000,
+            attach: serde_json::json!({ "user_id": "u1" }),
+            notify_info: fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect(),
+        }
+    }
+
     #[test]
     fn paid_notification_normalises_exactly() {
         let p = provider(Some("wxd930ea5d5a258f4f"));
         let body = signed(paid_fields(), SignKind::Md5);
         let Verified::Paid(order) = verify(&p, &body).unwrap() else { panic!("not paid") };
-        let info: Map<String, Value> = paid_fields().into_iter().map(|(k, v)| (k, Value::String(v))).collect();
-        assert_eq!(
-            order,
-            PaidOrder {
-                provider: "wxpay",
-                out_trade_no: "1409811653".into(),
-                transaction_id: "1004400740201409030005092168".into(),
-                total_fee: 101,
-                mch_id: "10000100".into(),
-                appid: "wxd930ea5d5a258f4f".into(),
-                openid: "oUpF8uMEb4qRXf22hE3X68TekukE".into(),
-                // 2014-09-03 13:15:40 +08:00
-                pay_date: 1_409_721_340_000,
-                attach: serde_json::json!({ "user_id": "u1" }),
-                notify_info: info,
-            }
-        );
+        assert_eq!(order, expected_paid(paid_fields()));
         assert!(!order.notify_info.contains_key("sign"));
     }
 
@@ -579,22 +580,7 @@ mod tests {
     fn paid_query_reply_normalises_like_a_notification() {
         let p = query_provider("http://127.0.0.1:9");
         let QueryOutcome::Paid(order) = query(&p, signed(paid_query_fields(), SignKind::Md5)).unwrap() else { panic!("not paid") };
-        let info: Map<String, Value> = paid_query_fields().into_iter().map(|(k, v)| (k, Value::String(v))).collect();
-        assert_eq!(
-            order,
-            PaidOrder {
-                provider: "wxpay",
-                out_trade_no: "1409811653".into(),
-                transaction_id: "1004400740201409030005092168".into(),
-                total_fee: 101,
-                mch_id: "10000100".into(),
-                appid: "wxd930ea5d5a258f4f".into(),
-                openid: "oUpF8uMEb4qRXf22hE3X68TekukE".into(),
-                pay_date: 1_409_721_340_000,
-                attach: serde_json::json!({ "user_id": "u1" }),
-                notify_info: info,
-            }
-        );
+        assert_eq!(order, expected_paid(paid_query_fields()));
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     stream.set_nodelay(true)?;
     stream.write_all(&request).await?;
     let mut reader = BufReader::new(stream);
-    let (status, headers) = read_head(&mut reader).await?;
+    let (status_line, headers) = read_head(&mut reader).await?;
+    let status = word(&status_line, 1);
     let mut body = Vec::new();
     if let Some(len) = headers.get("content-length") {
         body.resize(len.parse().unwrap(), 0);
@@ -78,8 +79,12 @@ async fn read_head<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> std::io::Resul
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
-    let second = first.split_whitespace().nth(1).unwrap_or_default().to_string();
-    Ok((second, headers))
+    Ok((first, headers))
+}
+
+/// The n-th space-separated word of a request or status line.
+fn word(line: &str, n: usize) -> String {
+    line.split_whitespace().nth(n).unwrap_or_default().to_string()
 }
 
 /// One request a test server received.
@@ -157,25 +162,12 @@ async fn serve_connection(stream: TcpStream, handler: Handler, log: Arc<Mutex<Ve
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
-        let mut first = String::new();
-        if reader.read_line(&mut first).await? == 0 {
-            return Ok(());
-        }
-        let mut parts = first.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_string();
-        let path = parts.next().unwrap_or_default().to_string();
-        let mut headers = HashMap::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).await?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-            }
-        }
+        let (first, headers) = match read_head(&mut reader).await {
+            Ok(head) => head,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let (method, path) = (word(&first, 0), word(&first, 1));
         let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut body = vec![0; len];
         reader.read_exact(&mut body).await?;
@@ -220,7 +212,8 @@ impl Conn {
         let mut request = head.into_bytes();
         request.extend_from_slice(body);
         self.writer.write_all(&request).await?;
-        let (status, headers) = read_head(&mut self.reader).await?;
+        let (status_line, headers) = read_head(&mut self.reader).await?;
+        let status = word(&status_line, 1);
         let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut buf = vec![0; len];
         self.reader.read_exact(&mut buf).await?;
