@@ -87,16 +87,20 @@ fn respond(reply: &Reply) -> Response<Vec<u8>> {
 impl ServeHttp for NotifyApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
+        // Refusals below leave the body unread; closing the connection spares draining it.
         let Some((account, order_type)) = parse_notify_path(&path) else {
+            session.set_keepalive(None);
             return plain(404, "not found");
         };
         if session.req_header().method != http::Method::POST {
+            session.set_keepalive(None);
             return plain(405, "method not allowed");
         }
         let routing = self.gateway.routing();
         if !routing.accounts.contains_key(account) || !routing.routes.contains_key(order_type) {
             metrics::NOTIFICATIONS.with_label_values(&["-", "-", "not_found"]).inc();
             tracing::warn!(path, "notification for an unknown account or type");
+            session.set_keepalive(None);
             return plain(404, "not found");
         }
         let body = match read_body(session, self.body_limit, self.body_timeout).await {

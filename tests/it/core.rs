@@ -279,3 +279,24 @@ async fn check_names_the_broken_key_and_never_the_secret() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("routes.goods.notify_key") && !err.contains("short-key"), "{err}");
 }
+
+#[test]
+fn envelope_command_reproduces_the_vk_vector_both_ways() {
+    use std::io::Write;
+    let run = |action: &str, input: &str| -> String {
+        let mut child = payhook_command()
+            .args(["envelope", action, "--mode", "aes-256-ecb"])
+            .env("PAYHOOK_NOTIFY_KEY", "12345678901234561234567890123456")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The ciphertext printed in vk-uni-pay's own crypto documentation.
+    assert_eq!(run("encrypt", "{\"a\":1,\"b\":\"2\"}\n"), "es2aF7DWr169X4fvMnlKNg==\n");
+    assert_eq!(run("decrypt", "es2aF7DWr169X4fvMnlKNg==\n"), "{\"a\":1,\"b\":\"2\"}\n");
+}

@@ -151,7 +151,11 @@ async fn v3_rotated_out_certificate_verifies_while_configured_and_reload_drops_i
     }
     assert_eq!(backend.count(), 2);
 
-    // Rotation finished: B leaves the config, SIGHUP reloads keys without a restart.
+    // Rotation finished: B leaves the config, SIGHUP reloads keys without a restart and without
+    // dropping this keep-alive connection.
+    let mut kept = crate::support::http::Conn::open(gw.addr).await.unwrap();
+    let (h, b) = new.paid("rot-kept-1", 100);
+    assert_eq!(kept.post("/notify/wx/goods", &h, b.as_bytes()).await.unwrap(), 204);
     let text = std::fs::read_to_string(gw.config_path()).unwrap();
     let without_b = text.replace(&format!("{{ pem_file = \"{}/wx_platform_b.cert.pem\" }}, ", fixture("keys").display()), "");
     assert_ne!(text, without_b);
@@ -162,11 +166,13 @@ async fn v3_rotated_out_certificate_verifies_while_configured_and_reload_drops_i
         assert!(std::time::Instant::now() < deadline, "no reload:\n{}", gw.logs());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let (h, b) = new.paid("rot-kept-2", 100);
+    assert_eq!(kept.post("/notify/wx/goods", &h, b.as_bytes()).await.unwrap(), 204, "the connection survived the reload");
     let (h, b) = old.paid("rot-3", 100);
     let r = gw.post("/notify/wx/goods", &h, b.as_bytes()).await;
     assert_eq!((r.status, r.text()), (401, r#"{"code":"FAIL","message":"unknown_serial"}"#.to_string()));
     let (h, b) = new.paid("rot-4", 100);
     assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
-    assert_eq!(backend.count(), 3);
+    assert_eq!(backend.count(), 5);
     assert!(gw.logs().contains("5157F09EFDC096DE15EBE81A47057A7232F1B8E1"), "the unknown serial is logged");
 }
