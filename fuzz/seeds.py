@@ -9,6 +9,9 @@ end, enum variants as a u32, collections as a `true` byte before each element an
 Check what a seed decodes to with `PAYHOOK_FUZZ_TRACE=1 cargo fuzz run <target> <file>`.
 
     python3 fuzz/seeds.py      # rewrites fuzz/corpus/*/seed-*
+
+Files named regression-* are inputs that once crashed a target, kept as seeds so every run
+replays them; this script leaves them alone.
 """
 
 import hashlib

@@ -10,7 +10,8 @@
 # The toolchain is stable: cargo-fuzz's nightly `-Z` flags are unlocked with RUSTC_BOOTSTRAP=1.
 # Builds go to fuzz/target, never to the main target/ (the first build compiles every dependency
 # again, with sanitizer flags: several minutes). Seeds are committed under fuzz/corpus/<target>/
-# (made by fuzz/seeds.py from tests/fixtures/vectors); what the fuzzer adds goes to
+# (made by fuzz/seeds.py from tests/fixtures/vectors), dictionaries under fuzz/dict/; what the
+# fuzzer adds goes to
 # fuzz/target/corpus/<target>/ and is kept between runs; crashes land in fuzz/artifacts/<target>/,
 # logs in fuzz/target/logs/. Reproduce a crash with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run <target> fuzz/artifacts/<target>/crash-…
@@ -40,10 +41,13 @@ for target in "${targets[@]}"; do
     work="fuzz/target/corpus/$target"
     log="fuzz/target/logs/$target.log"
     mkdir -p "$work" "fuzz/corpus/$target"
+    options=(-max_total_time="$seconds" -timeout=30 -print_final_stats=1)
+    if [ -f "fuzz/dict/$target.dict" ]; then
+        options+=(-dict="fuzz/dict/$target.dict")
+    fi
     echo "fuzz: $target for ${seconds} s"
     # New inputs go to the first corpus directory, so the committed seeds stay as they are.
-    if cargo fuzz run "$target" "$work" "fuzz/corpus/$target" -- \
-        -max_total_time="$seconds" -timeout=30 -print_final_stats=1 >"$log" 2>&1; then
+    if cargo fuzz run "$target" "$work" "fuzz/corpus/$target" -- "${options[@]}" >"$log" 2>&1; then
         stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
         echo "fuzz: $target ok: $(stat number_of_executed_units) runs, $(stat average_exec_per_sec) exec/s," \
             "$(stat new_units_added) new units, corpus $(find "$work" -type f | wc -l) files, peak RSS $(stat peak_rss_mb) MB"

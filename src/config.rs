@@ -41,16 +41,24 @@ impl ConfigError {
     }
 }
 
-/// Where relative paths in the config are resolved: the directory of the config file.
-#[derive(Debug, Clone)]
-pub struct ConfigDir(pub PathBuf);
+/// Where relative paths in the config are resolved (the directory of the config file), and the
+/// record of every file read through it, for `payhook check`'s demo-key warning.
+#[derive(Debug, Default)]
+pub struct ConfigDir {
+    root: PathBuf,
+    read: RefCell<Vec<PathBuf>>,
+}
 
 impl ConfigDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ConfigDir { root: root.into(), read: RefCell::default() }
+    }
+
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
             path.to_path_buf()
         } else {
-            self.0.join(path)
+            self.root.join(path)
         }
     }
 
@@ -58,15 +66,9 @@ impl ConfigDir {
     pub fn read(&self, key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
         let full = self.resolve(path);
         let bytes = std::fs::read(&full).map_err(|source| ConfigError::File { key: key.to_string(), path: full.clone(), source })?;
-        FILES_READ.with(|files| files.borrow_mut().push(full));
+        self.read.borrow_mut().push(full);
         Ok(bytes)
     }
-}
-
-thread_local! {
-    /// The files [`ConfigDir::read`] read while [`Config::parse`] runs. Parsing runs on one
-    /// thread from start to end, so this log spares every `ConfigDir` holder a new field.
-    static FILES_READ: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The whole validated configuration.
@@ -243,17 +245,16 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::parse(&text, &ConfigDir(dir))
+        Config::parse(&text, &ConfigDir::new(dir))
     }
 
     pub fn parse(text: &str, dir: &ConfigDir) -> Result<Config, ConfigError> {
-        FILES_READ.with(|files| files.borrow_mut().clear());
         let mut tree: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         expand_table(&mut tree, "", dir)?;
         let raw = RawConfig::deserialize(toml::Value::Table(tree))
             .map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let mut config = build(raw, dir)?;
-        config.files_read = FILES_READ.with(RefCell::take);
+        config.files_read = dir.read.take();
         Ok(config)
     }
 
@@ -428,10 +429,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("k.txt"), "s3cret\n").unwrap();
         let mut t: toml::Table = "[r]\nnotify_key_file = \"k.txt\"\n".parse().unwrap();
-        expand_table(&mut t, "", &ConfigDir(dir.path().to_path_buf())).unwrap();
+        expand_table(&mut t, "", &ConfigDir::new(dir.path())).unwrap();
         assert_eq!(t["r"]["notify_key"].as_str(), Some("s3cret"));
         let mut missing: toml::Table = "[r]\nnotify_key_file = \"nope.txt\"\n".parse().unwrap();
-        let err = expand_table(&mut missing, "", &ConfigDir(dir.path().to_path_buf())).unwrap_err();
+        let err = expand_table(&mut missing, "", &ConfigDir::new(dir.path())).unwrap_err();
         assert!(err.to_string().starts_with("`r.notify_key_file`: cannot read"), "{err}");
     }
 }

@@ -21,9 +21,14 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let Ok(mut fields) = parsed else { return };
-    // What payhook writes, it reads back unchanged (replies, order-query requests).
-    let xml = to_xml(&fields);
-    assert_eq!(parse_xml(xml.as_bytes()).ok().as_ref(), Some(&fields), "to_xml/parse_xml round trip");
+    // What payhook writes, it reads back unchanged (replies, order-query requests), whatever the
+    // values. Only for plain field names: parse_xml takes any bytes up to whitespace as a name
+    // (`<c//>` is a field named `c/`), which to_xml cannot write back; WeChat's names are plain.
+    let plain = |name: &String| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if fields.keys().all(plain) {
+        let xml = to_xml(&fields);
+        assert_eq!(parse_xml(xml.as_bytes()).ok().as_ref(), Some(&fields), "to_xml/parse_xml round trip");
+    }
 
     let kind = match fields.get("sign_type").map(String::as_str) {
         None | Some("" | "MD5") => SignKind::Md5,

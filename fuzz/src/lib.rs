@@ -121,7 +121,7 @@ notify_key = "12345678901234561234567890123456"
     }
     let cert = gosdk["platform_cert_pem"].as_str().expect("vector has the certificate");
     std::fs::write(dir.path().join("gosdk.cert.pem"), cert).expect("write gosdk certificate");
-    let mut parsed = Config::parse(&config, &ConfigDir(dir.path().to_path_buf())).unwrap_or_else(|e| panic!("fuzz config: {e}"));
+    let mut parsed = Config::parse(&config, &ConfigDir::new(dir.path())).unwrap_or_else(|e| panic!("fuzz config: {e}"));
     let mut take = |name: &str| parsed.accounts.remove(name).unwrap_or_else(|| panic!("account {name}")).provider;
     Accounts { wechat_v2: take("wx2"), wechat_v3: take("wx3"), alipay: take("ali"), alipay_real: take("ali_real") }
 }

@@ -448,7 +448,7 @@ mod tests {
     use percent_encoding::{percent_encode, NON_ALPHANUMERIC};
 
     fn keys_dir() -> ConfigDir {
-        ConfigDir(PathBuf::from(format!("{}/tests/fixtures/keys", env!("CARGO_MANIFEST_DIR"))))
+        ConfigDir::new(format!("{}/tests/fixtures/keys", env!("CARGO_MANIFEST_DIR")))
     }
 
     fn real() -> Value {
@@ -624,6 +624,26 @@ mod tests {
         assert!(matches!(verified, Verified::NotPayment { ref what } if what == "trade_status TRADE_CLOSED"));
     }
 
+    /// Regression (found with fuzz/fuzz_targets/alipay_signed.rs): a signed date within 8 hours
+    /// of chrono's earliest date made the Beijing → UTC shift panic instead of failing.
+    #[test]
+    fn dates_at_the_edge_of_the_calendar_are_malformed_not_a_panic() {
+        for date in ["-262143-01-01 00:00:00", "-262143-01-01 07:59:59"] {
+            let mut fields = test_fields();
+            fields.insert("gmt_payment".into(), date.into());
+            sign_with_test_key(&mut fields, UTF_8);
+            let err = verify(&test_key_provider(), &form_body(&fields, UTF_8)).unwrap_err();
+            assert_eq!(err.to_string(), "malformed notification: gmt_payment", "{date}");
+            let response = PAID.replace("2026-11-27 13:29:35", date);
+            let err = query(&query_provider(), &query_reply(&response, "alipay.key.pem")).unwrap_err();
+            assert_eq!(err.to_string(), "malformed notification: send_pay_date", "{date}");
+        }
+        let mut earliest = test_fields();
+        earliest.insert("gmt_payment".into(), "-262143-01-01 08:00:00".into());
+        sign_with_test_key(&mut earliest, UTF_8);
+        assert!(matches!(verify(&test_key_provider(), &form_body(&earliest, UTF_8)).unwrap(), Verified::Paid(_)));
+    }
+
     #[test]
     fn yuan_amounts_convert_exactly() {
         for (yuan, fen) in [("12.34", 1234), ("0.10", 10), ("5", 500), ("5.5", 550), ("0", 0), ("0.01", 1)] {
@@ -651,7 +671,7 @@ mod tests {
         std::fs::write(bundle.path().join("roots.pem"), roots).unwrap();
         std::fs::copy(keys_dir().resolve("alipay_leaf.cert.pem".as_ref()), bundle.path().join("leaf.pem")).unwrap();
         let cfg = toml::from_str("app_id = \"1\"\nalipay_cert_file = \"leaf.pem\"\nalipay_root_cert_file = \"roots.pem\"").unwrap();
-        Alipay::from_config("t", cfg, &ConfigDir(bundle.path().to_path_buf())).unwrap();
+        Alipay::from_config("t", cfg, &ConfigDir::new(bundle.path())).unwrap();
     }
 
     #[test]

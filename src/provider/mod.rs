@@ -173,7 +173,8 @@ fn section<T: DeserializeOwned>(key: &str, table: toml::Table) -> Result<T, Conf
 /// Providers in mainland China stamp local times in Beijing time (UTC+8, no DST): → epoch ms.
 pub(crate) fn beijing_millis(text: &str, format: &str) -> Option<i64> {
     let local = chrono::NaiveDateTime::parse_from_str(text, format).ok()?;
-    Some((local - chrono::Duration::hours(8)).and_utc().timestamp_millis())
+    // Checked: within 8 hours of chrono's earliest date (`-262143-01-01`) the shift overflows.
+    Some(local.checked_sub_signed(chrono::Duration::hours(8))?.and_utc().timestamp_millis())
 }
 
 /// `attach` / `passback_params`: a JSON object when it is one, else the plain string.

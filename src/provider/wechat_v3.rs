@@ -129,7 +129,8 @@ impl WechatV3 {
         }
         let key = self.keys.get(serial).ok_or_else(|| ProviderError::UnknownSerial(serial.to_string()))?;
         let ts: i64 = timestamp.parse().map_err(|_| ProviderError::StaleTimestamp)?;
-        if (now - ts).abs() >= self.tolerance {
+        // Checked: `now - ts` overflows for a timestamp near i64::MIN (found by fuzz/wechat_v3_notify).
+        if now.checked_sub(ts).and_then(i64::checked_abs).is_none_or(|age| age >= self.tolerance) {
             return Err(ProviderError::StaleTimestamp);
         }
         let signature = B64.decode(signature).map_err(|_| ProviderError::BadSignature)?;
@@ -360,7 +361,7 @@ mod tests {
                platform_certs = [{ pem_file = "cert.pem" }]"#,
         )
         .unwrap();
-        WechatV3::from_config("t", cfg, &ConfigDir(dir.path().to_path_buf())).unwrap()
+        WechatV3::from_config("t", cfg, &ConfigDir::new(dir.path())).unwrap()
     }
 
     fn headers(v: &Value) -> http::HeaderMap {
@@ -432,7 +433,7 @@ mod tests {
     const NOW: i64 = 1_795_757_375;
 
     fn keys_dir() -> ConfigDir {
-        ConfigDir(PathBuf::from(format!("{}/tests/fixtures/keys", env!("CARGO_MANIFEST_DIR"))))
+        ConfigDir::new(format!("{}/tests/fixtures/keys", env!("CARGO_MANIFEST_DIR")))
     }
 
     /// An account that verifies with platform key A (public-key mode), plus `extra` config.
@@ -635,5 +636,22 @@ mod tests {
         let r = p.reply(Answer::Retry, "backend_failed");
         assert_eq!((r.status, &r.body[..]), (500, &br#"{"code":"FAIL","message":"backend_failed"}"#[..]));
         assert_eq!(p.reply(Answer::Rejected, "bad_signature").status, 401);
+    }
+
+    /// Regression (fuzz/fuzz_targets/wechat_v3_notify.rs): a `Wechatpay-Timestamp` near i64::MIN
+    /// made `now - ts` overflow, a panic in debug builds, before the signature was checked.
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        let p = account("").unwrap();
+        for ts in ["-9223372036854775808", "-9223372036854775807", "9223372036854775807"] {
+            let mut h = http::HeaderMap::new();
+            for (name, value) in
+                [("wechatpay-timestamp", ts), ("wechatpay-nonce", "4"), ("wechatpay-signature", "6E'6"), ("wechatpay-serial", PUB_KEY_ID)]
+            {
+                h.insert(name, value.parse().unwrap());
+            }
+            let err = p.verify(&Inbound { headers: &h, body: b"", now: NOW }).unwrap_err();
+            assert_eq!(err.reason(), "stale_timestamp", "{ts}");
+        }
     }
 }
