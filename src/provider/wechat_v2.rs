@@ -233,8 +233,12 @@ pub fn parse_xml(body: &[u8]) -> Result<BTreeMap<String, String>, ProviderError>
     }
 }
 
+/// Field names are what WeChat sends: `[A-Za-z0-9_]+`. Anything else (`=`, `&`, `/`, NUL…)
+/// could rearrange the `k=v&…` string that is signed, so a signed document could be restructured
+/// and still verify (found by fuzz/wechat_v2_xml).
 fn element_name(raw: &[u8]) -> Option<String> {
-    std::str::from_utf8(raw).ok().map(str::to_string)
+    let plain = !raw.is_empty() && raw.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    plain.then(|| String::from_utf8_lossy(raw).into_owned())
 }
 
 fn is_hex(text: &str, len: usize) -> bool {
@@ -389,6 +393,20 @@ mod tests {
 
     fn verify(p: &WechatV2, body: &[u8]) -> Result<Verified, ProviderError> {
         p.verify(&Inbound { headers: &http::HeaderMap::new(), body, now: 0 })
+    }
+
+    /// Regression (fuzz/wechat_v2_xml): a field name carrying `=` and `&` folded two signed
+    /// fields into one, so a genuinely signed document could be restructured and still verify.
+    #[test]
+    fn field_names_outside_the_wechat_alphabet_are_malformed() {
+        for body in [
+            "<xml><appid=wxd930ea5d5a258f4f&body>test</appid=wxd930ea5d5a258f4f&body></xml>",
+            "<xml><c/>x</c/></xml>",
+            "<xml><a-b>x</a-b></xml>",
+        ] {
+            assert_eq!(parse_xml(body.as_bytes()).unwrap_err().reason(), "malformed", "{body}");
+        }
+        assert_eq!(parse_xml(b"<xml><coupon_fee_0>1</coupon_fee_0></xml>").unwrap()["coupon_fee_0"], "1");
     }
 
     #[test]
