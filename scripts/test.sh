@@ -9,4 +9,5 @@ examples/test-backends.sh
 if [ "${FUZZ_SECONDS:-10}" != 0 ]; then
   FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz.sh
 fi
-cargo test --locked "$@"
+# --show-output prints the fault suite's and the resource-bound test's summary lines.
+cargo test --locked -- --show-output
