@@ -20,17 +20,7 @@ fn repo(path: &str) -> PathBuf {
 /// route `goods` to `backend_url`.
 fn gateway_config(keys: &Path, backend_url: &str, envelope: &str) -> String {
     format!(
-        r#"
-[server]
-listen = "127.0.0.1:{{LISTEN}}"
-admin_listen = "127.0.0.1:{{ADMIN}}"
-threads = 2
-reply_budget = "4s"
-admin_token = "${{PAYHOOK_TEST_ADMIN_TOKEN}}"
-pid_file = "{{DIR}}/payhook.pid"
-upgrade_sock = "{{DIR}}/upgrade.sock"
-grace_period = "0s"
-
+        r#"{server}
 {ledger}
 
 [accounts.wx-demo]
@@ -55,6 +45,7 @@ envelope = "{envelope}"
 notify_key = "${{PAYHOOK_TEST_NOTIFY_KEY}}"
 timeout = "3s"
 "#,
+        server = server_toml("4s"),
         ledger = embedded_ledger(),
         keys = keys.display()
     )

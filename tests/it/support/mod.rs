@@ -41,20 +41,27 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The TOML of a gateway with one WeChat v3 account `wx` and routes `goods` (+ extra routes).
-pub fn config(ledger: &str, backend_url: &str, extra: &str) -> String {
+/// The `[server]` section of a test gateway; `Payhook::start` fills in ports and its directory.
+pub fn server_toml(reply_budget: &str) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:{{LISTEN}}"
 admin_listen = "127.0.0.1:{{ADMIN}}"
 threads = 2
-reply_budget = "3s"
+reply_budget = "{reply_budget}"
 admin_token = "${{PAYHOOK_TEST_ADMIN_TOKEN}}"
 pid_file = "{{DIR}}/payhook.pid"
 upgrade_sock = "{{DIR}}/upgrade.sock"
 grace_period = "0s"
+"#
+    )
+}
 
+/// The TOML of a gateway with one WeChat v3 account `wx` and routes `goods` (+ extra routes).
+pub fn config(ledger: &str, backend_url: &str, extra: &str) -> String {
+    format!(
+        r#"{server}
 {ledger}
 
 [accounts.wx]
@@ -74,6 +81,7 @@ timeout = "1s"
 
 {extra}
 "#,
+        server = server_toml("3s"),
         keys = fixture("keys").display()
     )
 }
