@@ -143,7 +143,7 @@ impl Gateway {
             QueryOutcome::Paid(paid) => paid,
         };
         let deadline = tokio::time::Instant::now() + route.timeout + Duration::from_secs(1);
-        Ok(match self.deliver_once(account, route, &paid, NotifyMode::Active, deadline).await {
+        Ok(match self.deliver_once(account, route, paid, NotifyMode::Active, deadline).await {
             Delivery::Forwarded => SyncReport::done(true),
             Delivery::Duplicate | Delivery::InFlight { settled: true } => SyncReport::done(false),
             Delivery::InFlight { settled: false } => SyncReport {
@@ -172,14 +172,11 @@ impl Gateway {
         routing.accounts.get(account).ok_or(ActiveError::UnknownAccount)?;
         let key = format!("{account}:{out_trade_no}");
         let record = self.ledger().record(&key).await?.filter(|r| r.state == OrderState::Done).ok_or(ActiveError::NotDone)?;
-        let order: Map<String, Value> = record
-            .order_data
-            .as_deref()
-            .and_then(|text| serde_json::from_str(text).ok())
-            .ok_or(ActiveError::NotDone)?;
+        let stored = record.order_data.ok_or(ActiveError::NotDone)?;
+        let order: Map<String, Value> = serde_json::from_str(&stored).map_err(|_| ActiveError::NotDone)?;
         let order_type = order.get("type").and_then(Value::as_str).unwrap_or_default();
         let route = routing.routes.get(order_type).ok_or(ActiveError::UnknownType)?;
-        let result = self.forward(route, route.envelope.seal(&order), route.timeout).await;
+        let result = self.forward(route, route.envelope.seal(&stored), route.timeout).await;
         let label = match result {
             Ok(()) => "ok",
             Err(reason) => reason,

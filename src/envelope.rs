@@ -96,17 +96,19 @@ impl Envelope {
         self.mode
     }
 
-    /// The HTTP body for the backend.
-    pub fn seal(&self, order: &Map<String, Value>) -> Vec<u8> {
+    /// The HTTP body for the backend, from the order's JSON text (a serialised object: the same
+    /// text the ledger keeps, so the order is serialised once).
+    pub fn seal(&self, order_json: &str) -> Vec<u8> {
         match &self.cipher {
             Cipher::None => {
-                let mut with_key = order.clone();
-                with_key.insert("key".into(), Value::String(self.notify_key.expose().to_string()));
-                serde_json::to_vec(&with_key).expect("a JSON map serialises")
+                // `"key"` goes last, as vk's `{...data, key}` puts it.
+                let fields = order_json.trim_end().strip_suffix('}').unwrap_or(order_json);
+                let key = serde_json::to_string(self.notify_key.expose()).expect("a string serialises");
+                let separator = if fields.trim_end().ends_with('{') { "" } else { "," };
+                format!("{fields}{separator}\"key\":{key}}}").into_bytes()
             }
             _ => {
-                let plain = serde_json::to_vec(order).expect("a JSON map serialises");
-                let body = serde_json::json!({ "encryptedData": self.encrypt(&plain) });
+                let body = serde_json::json!({ "encryptedData": self.encrypt(order_json.as_bytes()) });
                 serde_json::to_vec(&body).expect("a JSON map serialises")
             }
         }
@@ -235,11 +237,12 @@ mod tests {
         let order: Map<String, Value> = serde_json::from_str(r#"{"out_trade_no":"订单-1","total_fee":1234}"#).unwrap();
         for mode in [EnvelopeMode::Aes256Ecb, EnvelopeMode::Aes192, EnvelopeMode::Key] {
             let env = Envelope::new(mode, Secret::new("5fb2cd73c7b53918728417c50762e6d4")).unwrap();
-            let body = env.seal(&order);
+            let body = env.seal(&serde_json::to_string(&order).unwrap());
             assert_eq!(env.open(&body).unwrap(), order, "{mode:?}");
         }
         let key_mode = Envelope::new(EnvelopeMode::Key, Secret::new("5fb2cd73c7b53918728417c50762e6d4")).unwrap();
-        let sealed = String::from_utf8(key_mode.seal(&order)).unwrap();
+        let sealed = String::from_utf8(key_mode.seal(&serde_json::to_string(&order).unwrap())).unwrap();
+        assert_eq!(String::from_utf8(key_mode.seal("{}")).unwrap(), r#"{"key":"5fb2cd73c7b53918728417c50762e6d4"}"#);
         assert_eq!(sealed, r#"{"out_trade_no":"订单-1","total_fee":1234,"key":"5fb2cd73c7b53918728417c50762e6d4"}"#);
         let forged = sealed.replace("5fb2cd73c7", "0000000000");
         assert_eq!(key_mode.open(forged.as_bytes()), Err(EnvelopeError::KeyMismatch));

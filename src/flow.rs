@@ -179,7 +179,7 @@ impl Gateway {
             }
             Ok(Verified::Paid(paid)) => {
                 out_trade_no = Some(paid.out_trade_no.clone());
-                match timeout_at(deadline, self.deliver_once(account, route, &paid, NotifyMode::Notification, deadline)).await {
+                match timeout_at(deadline, self.deliver_once(account, route, paid, NotifyMode::Notification, deadline)).await {
                     Ok(delivery) => delivery.into(),
                     Err(_) => Outcome::BackendFailed("reply_budget"),
                 }
@@ -204,7 +204,7 @@ impl Gateway {
         &self,
         account: &str,
         route: &Route,
-        paid: &PaidOrder,
+        paid: PaidOrder,
         mode: NotifyMode,
         deadline: tokio::time::Instant,
     ) -> Delivery {
@@ -219,7 +219,7 @@ impl Gateway {
 
         let data = order_data(paid, &route.name, mode, chrono::Utc::now().timestamp_millis());
         let stored = serde_json::to_string(&data).expect("a JSON map serialises");
-        let body = route.envelope.seal(&data);
+        let body = route.envelope.seal(&stored);
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).saturating_sub(SETTLE_RESERVE);
         let result = self.forward(route, body, route.timeout.min(remaining)).await;
 

@@ -117,8 +117,7 @@ impl ServeHttp for NotifyApp {
                 return plain(status, text);
             }
         };
-        let headers = session.req_header().headers.clone();
-        match self.gateway.notify(account, order_type, &headers, &body).await {
+        match self.gateway.notify(account, order_type, &session.req_header().headers, &body).await {
             Ok(decision) => respond(&decision.reply),
             Err(_) => plain(404, "not found"),
         }
