@@ -57,9 +57,6 @@ async fn drive(addr: SocketAddr, path: &str, requests: Arc<Vec<(Vec<(String, Str
     Run { wall: started.elapsed(), latencies, non_success }
 }
 
-fn pct(l: &[Duration], p: f64) -> f64 {
-    l[((l.len() as f64 * p).ceil() as usize).saturating_sub(1).min(l.len() - 1)].as_secs_f64() * 1e3
-}
 
 #[tokio::main]
 async fn main() {
@@ -89,11 +86,11 @@ async fn main() {
     println!("payhook gateway benchmark: {n} signed WeChat Pay v3 notifications, {concurrency} keep-alive connections, Redis ledger");
     println!("{:<22} {:>12} {:>10} {:>10} {:>10}", "path", "req/s", "p50 ms", "p99 ms", "max ms");
     for (name, r) in [("direct to backend", &direct), ("through payhook", &via)] {
-        println!("{name:<22} {:>12.0} {:>10.2} {:>10.2} {:>10.2}", rps(r), pct(&r.latencies, 0.5), pct(&r.latencies, 0.99), pct(&r.latencies, 1.0));
+        println!("{name:<22} {:>12.0} {:>10.2} {:>10.2} {:>10.2}", rps(r), quantile_ms(&r.latencies, 0.5), quantile_ms(&r.latencies, 0.99), quantile_ms(&r.latencies, 1.0));
     }
     println!(
         "added latency: p50 {:.2} ms, p99 {:.2} ms",
-        pct(&via.latencies, 0.5) - pct(&direct.latencies, 0.5),
-        pct(&via.latencies, 0.99) - pct(&direct.latencies, 0.99)
+        quantile_ms(&via.latencies, 0.5) - quantile_ms(&direct.latencies, 0.5),
+        quantile_ms(&via.latencies, 0.99) - quantile_ms(&direct.latencies, 0.99)
     );
 }

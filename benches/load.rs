@@ -101,9 +101,6 @@ async fn offer(targets: &[SocketAddr], rate: u64, seconds: u64, direct_path: Opt
     (l, failures.load(Ordering::Relaxed), wall)
 }
 
-fn pct(l: &[Duration], p: f64) -> f64 {
-    l[((l.len() as f64 * p).ceil() as usize).saturating_sub(1).min(l.len() - 1)].as_secs_f64() * 1e3
-}
 
 #[tokio::main]
 async fn main() {
@@ -132,14 +129,14 @@ async fn main() {
     println!("payhook load test: {seconds} s at {rate} notifications/s offered (50% v3, 30% v2, 20% Alipay; 20% provider retries), 2 instances, Redis ledger");
     println!("throughput {:.0} notifications/s, {} failures of {}", via.len() as f64 / wall, failures, via.len());
     println!("{:<18} {:>9} {:>9} {:>9}", "latency ms", "p50", "p99", "p99.9");
-    println!("{:<18} {:>9.2} {:>9.2} {:>9.2}", "direct to backend", pct(&direct, 0.5), pct(&direct, 0.99), pct(&direct, 0.999));
-    println!("{:<18} {:>9.2} {:>9.2} {:>9.2}", "through payhook", pct(&via, 0.5), pct(&via, 0.99), pct(&via, 0.999));
+    println!("{:<18} {:>9.2} {:>9.2} {:>9.2}", "direct to backend", quantile_ms(&direct, 0.5), quantile_ms(&direct, 0.99), quantile_ms(&direct, 0.999));
+    println!("{:<18} {:>9.2} {:>9.2} {:>9.2}", "through payhook", quantile_ms(&via, 0.5), quantile_ms(&via, 0.99), quantile_ms(&via, 0.999));
     println!(
         "{:<18} {:>9.2} {:>9.2} {:>9.2}",
         "added",
-        pct(&via, 0.5) - pct(&direct, 0.5),
-        pct(&via, 0.99) - pct(&direct, 0.99),
-        pct(&via, 0.999) - pct(&direct, 0.999)
+        quantile_ms(&via, 0.5) - quantile_ms(&direct, 0.5),
+        quantile_ms(&via, 0.99) - quantile_ms(&direct, 0.99),
+        quantile_ms(&via, 0.999) - quantile_ms(&direct, 0.999)
     );
     println!("peak RSS: instance A {} KiB, instance B {} KiB", a.peak_rss_kib(), b.peak_rss_kib());
 }

@@ -99,6 +99,8 @@ pub struct Payhook {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// The config before ports and directory were filled in, for siblings.
+    template: String,
     config_text: String,
     child: Option<Child>,
     /// `PAYHOOK_LOG` for the child; `None` follows `PAYHOOK_TEST_LOG` (default info).
@@ -126,6 +128,7 @@ impl Payhook {
             addr: ([127, 0, 0, 1], port).into(),
             admin: ([127, 0, 0, 1], admin_port).into(),
             dir,
+            template: config_template.to_string(),
             config_text: text,
             child: None,
             log_level,
@@ -134,26 +137,9 @@ impl Payhook {
         p
     }
 
-    /// A second instance on the same config (same ledger), on its own ports.
+    /// A second instance of the same template (same shared ledger), on its own ports and directory.
     pub async fn sibling(&self) -> Payhook {
-        let (port, admin_port) = (free_port(), free_port());
-        let dir = tempfile::tempdir().unwrap();
-        let text = self
-            .config_text
-            .replace(&format!(":{}\"", self.addr.port()), &format!(":{port}\""))
-            .replace(&format!(":{}\"", self.admin.port()), &format!(":{admin_port}\""))
-            .replace(&format!("{}/payhook.pid", self.dir.path().display()), &format!("{}/payhook.pid", dir.path().display()))
-            .replace(&format!("{}/upgrade.sock", self.dir.path().display()), &format!("{}/upgrade.sock", dir.path().display()));
-        let mut p = Payhook {
-            addr: ([127, 0, 0, 1], port).into(),
-            admin: ([127, 0, 0, 1], admin_port).into(),
-            dir,
-            config_text: text,
-            child: None,
-            log_level: self.log_level,
-        };
-        p.spawn().await;
-        p
+        Self::start_with(&self.template, self.log_level).await
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -460,4 +446,9 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The `p` quantile of sorted latencies, in milliseconds (benches).
+pub fn quantile_ms(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)].as_secs_f64() * 1e3
 }
