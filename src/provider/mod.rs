@@ -170,6 +170,22 @@ fn section<T: DeserializeOwned>(key: &str, table: toml::Table) -> Result<T, Conf
     T::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::invalid(key, e.message()))
 }
 
+/// Parses an account's `api_base`, under which request paths are appended: a query string there
+/// would land in the middle of the path, so it is refused.
+pub(crate) fn api_base(key: &str, url: &str) -> Result<Backend, ConfigError> {
+    let k = format!("{key}.api_base");
+    let api = Backend::parse(url).map_err(|e| ConfigError::invalid(&k, e))?;
+    if api.path().contains('?') {
+        return Err(ConfigError::invalid(k, "must not have a query string"));
+    }
+    Ok(api)
+}
+
+/// `suffix` under the base path of `api` (which may or may not end in `/`).
+pub(crate) fn api_path(api: &Backend, suffix: &str) -> String {
+    format!("{}{suffix}", api.path().trim_end_matches('/'))
+}
+
 /// Providers in mainland China stamp local times in Beijing time (UTC+8, no DST): → epoch ms.
 pub(crate) fn beijing_millis(text: &str, format: &str) -> Option<i64> {
     let local = chrono::NaiveDateTime::parse_from_str(text, format).ok()?;

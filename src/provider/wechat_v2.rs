@@ -12,8 +12,7 @@ use ring::hmac;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::wechat_v3::{api_base, api_path};
-use super::{parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
+use super::{api_base, api_path, parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::ConfigError;
 use crate::forward::{Backend, HttpReply};
 use crate::keys::random_hex;

@@ -13,7 +13,7 @@ use ring::aead;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
+use super::{api_base, api_path, parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::{parse_duration, ConfigDir, ConfigError};
 use crate::forward::{Backend, HttpReply};
 use crate::keys::{random_hex, Certificate, RsaPrivateKey, RsaPublicKey};
@@ -191,22 +191,6 @@ impl WechatV3 {
             notify_info: tx,
         }))
     }
-}
-
-/// Parses an account's `api_base`, under which request paths are appended: a query string there
-/// would land in the middle of the path, so it is refused.
-pub(super) fn api_base(key: &str, url: &str) -> Result<Backend, ConfigError> {
-    let k = format!("{key}.api_base");
-    let api = Backend::parse(url).map_err(|e| ConfigError::invalid(&k, e))?;
-    if api.path().contains('?') {
-        return Err(ConfigError::invalid(k, "must not have a query string"));
-    }
-    Ok(api)
-}
-
-/// `suffix` under the base path of `api` (which may or may not end in `/`).
-pub(super) fn api_path(api: &Backend, suffix: &str) -> String {
-    format!("{}{suffix}", api.path().trim_end_matches('/'))
 }
 
 fn header<'a>(headers: &'a http::HeaderMap, name: &'static str) -> Result<&'a str, ProviderError> {
