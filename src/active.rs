@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 
 use crate::flow::{Delivery, Gateway};
 use crate::forward::ForwardError;
@@ -36,6 +35,8 @@ pub enum ActiveError {
     Ledger(#[from] LedgerError),
     #[error("order is not done; nothing to re-push")]
     NotDone,
+    #[error("the payment is bound to type {recorded}")]
+    TypeMismatch { recorded: String },
 }
 
 impl ActiveError {
@@ -47,6 +48,7 @@ impl ActiveError {
             ActiveError::Query(r) => r,
             ActiveError::Ledger(_) => "ledger_unavailable",
             ActiveError::NotDone => "not_done",
+            ActiveError::TypeMismatch { .. } => "type_mismatch",
         }
     }
 }
@@ -72,6 +74,9 @@ impl SyncReport {
 
     /// The `result` label of `payhook_sync_total`.
     pub fn label(&self) -> &'static str {
+        if self.reason == Some("stale") {
+            return "stale";
+        }
         match (self.paid, self.state, self.forwarded) {
             (false, _, _) => "not_paid",
             (true, OrderState::Done, true) => "forwarded",
@@ -97,11 +102,16 @@ impl Gateway {
         let routing = self.routing();
         let acct = routing.accounts.get(account).ok_or(ActiveError::UnknownAccount)?;
         let route = routing.routes.get(order_type).ok_or(ActiveError::UnknownType)?;
-        let key = format!("{account}:{out_trade_no}");
+        let key = acct.payment_id(out_trade_no);
         let waited_until = tokio::time::Instant::now() + await_notify.min(MAX_AWAIT);
         loop {
-            if let Some(OrderRecord { state: OrderState::Done, .. }) = self.ledger().record(&key).await? {
-                return Ok(SyncReport::done(false));
+            match self.ledger().record(&key).await? {
+                Some(OrderRecord { order_type: Some(recorded), .. }) if recorded != order_type => {
+                    self.type_conflict(acct, &key, out_trade_no, order_type, &recorded);
+                    return Err(ActiveError::TypeMismatch { recorded });
+                }
+                Some(OrderRecord { state: OrderState::Done, .. }) => return Ok(SyncReport::done(false)),
+                _ => {}
             }
             if tokio::time::Instant::now() + AWAIT_POLL > waited_until {
                 break;
@@ -143,8 +153,17 @@ impl Gateway {
             QueryOutcome::Paid(paid) => paid,
         };
         let deadline = tokio::time::Instant::now() + route.timeout + Duration::from_secs(1);
-        Ok(match self.deliver_once(account, route, paid, NotifyMode::Active, deadline).await {
+        Ok(match self.deliver_once(acct, route, paid, NotifyMode::Active, deadline).await {
             Delivery::Forwarded => SyncReport::done(true),
+            Delivery::TypeMismatch { recorded } => return Err(ActiveError::TypeMismatch { recorded }),
+            Delivery::Stale => SyncReport {
+                paid: true,
+                state: OrderState::None,
+                forwarded: false,
+                user_order_success: None,
+                trade_state: None,
+                reason: Some("stale"),
+            },
             Delivery::Duplicate | Delivery::InFlight { settled: true } => SyncReport::done(false),
             Delivery::InFlight { settled: false } => SyncReport {
                 paid: true,
@@ -169,13 +188,13 @@ impl Gateway {
     /// Sends the stored order data of a done order to its backend again (vk's 重新推送).
     pub async fn replay(&self, account: &str, out_trade_no: &str) -> Result<ReplayReport, ActiveError> {
         let routing = self.routing();
-        routing.accounts.get(account).ok_or(ActiveError::UnknownAccount)?;
-        let key = format!("{account}:{out_trade_no}");
+        let acct = routing.accounts.get(account).ok_or(ActiveError::UnknownAccount)?;
+        let key = acct.payment_id(out_trade_no);
         let record = self.ledger().record(&key).await?.filter(|r| r.state == OrderState::Done).ok_or(ActiveError::NotDone)?;
         let stored = record.order_data.ok_or(ActiveError::NotDone)?;
-        let order: Map<String, Value> = serde_json::from_str(&stored).map_err(|_| ActiveError::NotDone)?;
-        let order_type = order.get("type").and_then(Value::as_str).unwrap_or_default();
-        let route = routing.routes.get(order_type).ok_or(ActiveError::UnknownType)?;
+        // Always the type the ledger bound the payment to.
+        let order_type = record.order_type.ok_or(ActiveError::NotDone)?;
+        let route = routing.routes.get(&order_type).ok_or(ActiveError::UnknownType)?;
         let result = self.forward(route, route.envelope.seal(&stored), route.timeout).await;
         let label = match result {
             Ok(()) => "ok",

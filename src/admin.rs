@@ -21,31 +21,30 @@ use crate::active::{ActiveError, DEFAULT_AWAIT};
 use crate::flow::Gateway;
 use crate::ledger::OrderState;
 use crate::metrics;
-use crate::secret::Secret;
 
 const MAX_ADMIN_BODY: usize = 4096;
 
 pub struct AdminApp {
     gateway: Arc<Gateway>,
-    tokens: Vec<(String, Secret)>,
 }
 
 impl AdminApp {
-    pub fn new(gateway: Arc<Gateway>, tokens: Vec<(String, Secret)>) -> Self {
-        AdminApp { gateway, tokens }
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        AdminApp { gateway }
     }
 
-    /// The name of the token presented, if any matches. Every configured token is compared, in
-    /// constant time, so timing reveals neither a token nor which one matched.
-    fn caller(&self, session: &ServerSession) -> Option<&str> {
+    /// The name of the token presented, if any of the tokens in force matches (a reload may have
+    /// revoked one). Every token is compared, in constant time, so timing reveals neither a
+    /// token nor which one matched.
+    fn caller(&self, session: &ServerSession) -> Option<String> {
         let presented = session
             .get_header(http::header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
         let mut found = None;
-        for (name, token) in &self.tokens {
+        for (name, token) in &self.gateway.routing().admin_tokens {
             if token.matches(presented) && !presented.is_empty() {
-                found = Some(name.as_str());
+                found = Some(name.clone());
             }
         }
         found
@@ -69,6 +68,7 @@ fn error_reply(e: &ActiveError) -> Response<Vec<u8>> {
     let status = match e {
         ActiveError::UnknownAccount | ActiveError::UnknownType => 404,
         ActiveError::QueryUnsupported | ActiveError::NotDone => 409,
+        ActiveError::TypeMismatch { recorded } => return json_reply(409, json!({ "error": e.reason(), "type": recorded })),
         ActiveError::Query(_) => 502,
         ActiveError::Ledger(_) => 503,
     };
@@ -132,7 +132,7 @@ impl ServeHttp for AdminApp {
         let Some((account, out_trade_no, action)) = parse_order_path(&path) else {
             return reply(404, "text/plain", b"not found\n".to_vec());
         };
-        let Some(who) = self.caller(session).map(str::to_string) else {
+        let Some(who) = self.caller(session) else {
             tracing::warn!(target: "payhook::audit", path, "admin request without a valid token");
             session.set_keepalive(None);
             return Response::builder()
@@ -158,10 +158,10 @@ impl ServeHttp for AdminApp {
 
 impl AdminApp {
     async fn get_record(&self, account: &str, out_trade_no: &str) -> Response<Vec<u8>> {
-        if !self.gateway.routing().accounts.contains_key(account) {
+        let Some(key) = self.gateway.routing().accounts.get(account).map(|a| a.payment_id(out_trade_no)) else {
             return error_reply(&ActiveError::UnknownAccount);
-        }
-        match self.gateway.ledger().record(&format!("{account}:{out_trade_no}")).await {
+        };
+        match self.gateway.ledger().record(&key).await {
             Ok(record) => {
                 let mut value = json!({ "account": account, "out_trade_no": out_trade_no, "state": OrderState::None });
                 if let Some(mut record) = record {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::envelope::{Envelope, EnvelopeMode};
+use crate::flow::{settle_reserve, LEASE_MARGIN};
+use crate::ledger::PaymentId;
 use crate::forward::Backend;
 use crate::provider::{self, Provider};
 use crate::secret::Secret;
@@ -98,7 +100,7 @@ pub struct ServerSettings {
     pub upstream_ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LedgerBackend {
     Embedded { path: PathBuf },
     Redis { url: String },
@@ -108,7 +110,10 @@ pub enum LedgerBackend {
 pub struct LedgerSettings {
     pub backend: LedgerBackend,
     pub key_prefix: String,
+    /// How long a done order's data is kept for re-push.
     pub done_ttl: Duration,
+    /// How long a done marker is kept: within it a delivered payment is never forwarded again.
+    pub dedupe_horizon: Duration,
     /// Bound on each ledger call; past it the ledger counts as unavailable (fail closed).
     pub timeout: Duration,
 }
@@ -117,6 +122,14 @@ pub struct LedgerSettings {
 pub struct Account {
     pub name: String,
     pub provider: Arc<dyn Provider>,
+}
+
+impl Account {
+    /// The ledger identity of `out_trade_no` paid to this account's merchant.
+    pub fn payment_id(&self, out_trade_no: &str) -> PaymentId {
+        let (family, merchant) = self.provider.merchant();
+        PaymentId::new(family, merchant, out_trade_no)
+    }
 }
 
 /// A backend route: the `{type}` path segment.
@@ -155,10 +168,8 @@ struct RawServer {
     /// Named tokens, so audit lines say who acted: `admin_tokens = { ops = "${OPS_TOKEN}" }`.
     #[serde(default)]
     admin_tokens: HashMap<String, Secret>,
-    #[serde(default = "default_pid_file")]
-    pid_file: String,
-    #[serde(default = "default_upgrade_sock")]
-    upgrade_sock: String,
+    pid_file: Option<PathBuf>,
+    upgrade_sock: Option<PathBuf>,
     #[serde(default = "default_grace", with = "humantime_serde")]
     grace_period: Duration,
     /// PEM bundle of CAs trusted for https backends and provider APIs (default: platform roots).
@@ -175,6 +186,8 @@ struct RawLedger {
     key_prefix: String,
     #[serde(default = "default_done_ttl", with = "humantime_serde")]
     done_ttl: Duration,
+    #[serde(default = "default_dedupe_horizon", with = "humantime_serde")]
+    dedupe_horizon: Duration,
     #[serde(default = "default_ledger_timeout", with = "humantime_serde")]
     timeout: Duration,
 }
@@ -202,12 +215,6 @@ fn default_body_timeout() -> Duration {
 fn default_reply_budget() -> Duration {
     Duration::from_millis(4500)
 }
-fn default_pid_file() -> String {
-    "/tmp/payhook.pid".into()
-}
-fn default_upgrade_sock() -> String {
-    "/tmp/payhook_upgrade.sock".into()
-}
 fn default_grace() -> Duration {
     Duration::from_secs(5)
 }
@@ -216,6 +223,9 @@ fn default_prefix() -> String {
 }
 fn default_done_ttl() -> Duration {
     Duration::from_secs(72 * 3600)
+}
+fn default_dedupe_horizon() -> Duration {
+    Duration::from_secs(400 * 86400)
 }
 fn default_ledger_timeout() -> Duration {
     Duration::from_millis(500)
@@ -279,21 +289,7 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
             return Err(ConfigError::invalid(format!("server.admin_tokens.{name}"), "must be at least 16 characters"));
         }
     }
-    let server = ServerSettings {
-        listen: raw.server.listen,
-        admin_listen: raw.server.admin_listen,
-        threads: raw.server.threads,
-        body_limit: raw.server.body_limit,
-        body_timeout: raw.server.body_timeout,
-        reply_budget: raw.server.reply_budget,
-        admin_tokens,
-        pid_file: raw.server.pid_file,
-        upgrade_sock: raw.server.upgrade_sock,
-        grace_period: raw.server.grace_period,
-        upstream_ca_file: raw.server.upstream_ca_file.map(|p| dir.resolve(&p)),
-    };
-
-    let backend = match raw.ledger.backend.as_str() {
+    let ledger_backend = match raw.ledger.backend.as_str() {
         "embedded" => LedgerBackend::Embedded {
             path: dir.resolve(raw.ledger.path.as_deref().unwrap_or(Path::new("data/ledger"))),
         },
@@ -304,17 +300,43 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
         }
         other => return Err(ConfigError::invalid("ledger.backend", format!("unknown backend {other:?} (embedded | redis)"))),
     };
+    let run_dir = default_run_dir(&ledger_backend, dir);
+    let pid_file = raw.server.pid_file.map(|p| dir.resolve(&p)).unwrap_or_else(|| run_dir.join("payhook.pid"));
+    let upgrade_sock = raw.server.upgrade_sock.map(|p| dir.resolve(&p)).unwrap_or_else(|| run_dir.join("payhook_upgrade.sock"));
+    check_private_dir("server.upgrade_sock", &upgrade_sock)?;
+    let server = ServerSettings {
+        listen: raw.server.listen,
+        admin_listen: raw.server.admin_listen,
+        threads: raw.server.threads,
+        body_limit: raw.server.body_limit,
+        body_timeout: raw.server.body_timeout,
+        reply_budget: raw.server.reply_budget,
+        admin_tokens,
+        pid_file: pid_file.display().to_string(),
+        upgrade_sock: upgrade_sock.display().to_string(),
+        grace_period: raw.server.grace_period,
+        upstream_ca_file: raw.server.upstream_ca_file.map(|p| dir.resolve(&p)),
+    };
+
     let ledger = LedgerSettings {
-        backend,
+        backend: ledger_backend,
         key_prefix: raw.ledger.key_prefix,
         done_ttl: raw.ledger.done_ttl,
+        dedupe_horizon: raw.ledger.dedupe_horizon,
         timeout: raw.ledger.timeout,
     };
+    check_ledger_timing(&ledger, server.reply_budget)?;
 
     let mut accounts = HashMap::new();
     for (name, table) in raw.accounts {
         check_segment(&format!("accounts.{name}"), &name)?;
         let provider = provider::build(&name, table, dir)?;
+        if let Some(limit) = provider.reply_timeout().filter(|limit| server.reply_budget >= *limit) {
+            return Err(ConfigError::invalid(
+                "server.reply_budget",
+                format!("must be below {}'s own reply timeout ({}) for account {name}", provider.kind(), humantime::format_duration(limit)),
+            ));
+        }
         accounts.insert(name.clone(), Account { name, provider });
     }
     if accounts.is_empty() {
@@ -325,6 +347,9 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
     for (name, route) in raw.routes {
         let key = format!("routes.{name}");
         check_segment(&key, &name)?;
+        if route.timeout.is_zero() {
+            return Err(ConfigError::invalid(format!("{key}.timeout"), "must be above 0"));
+        }
         if route.timeout >= server.reply_budget {
             return Err(ConfigError::invalid(
                 format!("{key}.timeout"),
@@ -339,7 +364,71 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
     if routes.is_empty() {
         return Err(ConfigError::invalid("routes", "at least one route (payment type) is required"));
     }
+    let longest_lease = routes.values().map(|r| r.timeout + LEASE_MARGIN).max().unwrap_or(LEASE_MARGIN);
+    if ledger.done_ttl < longest_lease {
+        return Err(ConfigError::invalid(
+            "ledger.done_ttl",
+            format!("must outlive the longest lease (route timeout + {}s)", LEASE_MARGIN.as_secs()),
+        ));
+    }
     Ok(Config { server, ledger, accounts, routes, files_read: Vec::new() })
+}
+
+/// The smallest `dedupe_horizon`: providers speak about an order for months (Alipay's
+/// `TRADE_FINISHED` comes when the refund period ends).
+const MIN_DEDUPE_HORIZON: Duration = Duration::from_secs(30 * 86400);
+/// What the reply budget must leave the backend after the claim and the settle reserve.
+const MIN_FORWARD_TIME: Duration = Duration::from_secs(1);
+
+/// The ledger settings that would switch the gate off or let settling outrun the reply budget.
+fn check_ledger_timing(ledger: &LedgerSettings, reply_budget: Duration) -> Result<(), ConfigError> {
+    if ledger.done_ttl.is_zero() {
+        return Err(ConfigError::invalid("ledger.done_ttl", "must be above 0"));
+    }
+    if ledger.dedupe_horizon < MIN_DEDUPE_HORIZON {
+        return Err(ConfigError::invalid("ledger.dedupe_horizon", "must be at least 30d"));
+    }
+    if ledger.done_ttl > ledger.dedupe_horizon {
+        return Err(ConfigError::invalid("ledger.done_ttl", "must not exceed ledger.dedupe_horizon"));
+    }
+    if ledger.timeout.is_zero() {
+        return Err(ConfigError::invalid("ledger.timeout", "must be above 0"));
+    }
+    // One claim, then a settle with one retry, must leave the backend time within the budget.
+    if ledger.timeout + settle_reserve(ledger.timeout) + MIN_FORWARD_TIME > reply_budget {
+        return Err(ConfigError::invalid(
+            "ledger.timeout",
+            "3 x ledger.timeout + 100ms (claim, settle, one settle retry) must leave 1s of server.reply_budget for the backend",
+        ));
+    }
+    Ok(())
+}
+
+/// Where the pid file and upgrade socket go by default: systemd's `RuntimeDirectory`, else
+/// beside the embedded ledger, else `run/` beside the config. Never a shared directory such as
+/// `/tmp`, where another local user could bind the upgrade socket first.
+fn default_run_dir(ledger: &LedgerBackend, dir: &ConfigDir) -> PathBuf {
+    if let Some(runtime) = std::env::var_os("RUNTIME_DIRECTORY") {
+        return PathBuf::from(runtime);
+    }
+    match ledger {
+        LedgerBackend::Embedded { path } => path.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.resolve(Path::new("run"))),
+        LedgerBackend::Redis { .. } => dir.resolve(Path::new("run")),
+    }
+}
+
+/// The upgrade socket hands over listening sockets: whoever binds it first feeds the new
+/// process its listeners. Its directory must not be writable by other users.
+fn check_private_dir(key: &str, file: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(parent) = file.parent() else { return Ok(()) };
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.mode() & 0o022 != 0 => Err(ConfigError::invalid(
+            key,
+            format!("directory {} is writable by other users; use a directory only payhook's user can write", parent.display()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_addr(key: &str, addr: &str) -> Result<(), ConfigError> {

@@ -17,6 +17,8 @@ use crate::provider::Reply;
 
 pub struct NotifyApp {
     gateway: Arc<Gateway>,
+    /// Hands the notify runtime to the ledger once, for its connection's I/O task.
+    runtime_adopted: std::sync::Once,
     body_limit: usize,
     /// A client has this long to send the whole body (slowloris bound).
     body_timeout: Duration,
@@ -24,7 +26,7 @@ pub struct NotifyApp {
 
 impl NotifyApp {
     pub fn new(gateway: Arc<Gateway>, body_limit: usize, body_timeout: Duration) -> Self {
-        NotifyApp { gateway, body_limit, body_timeout }
+        NotifyApp { gateway, runtime_adopted: std::sync::Once::new(), body_limit, body_timeout }
     }
 }
 
@@ -86,6 +88,7 @@ fn respond(reply: &Reply) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for NotifyApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        self.runtime_adopted.call_once(|| self.gateway.ledger().adopt_runtime(tokio::runtime::Handle::current()));
         let path = session.req_header().uri.path().to_string();
         // Refusals below leave the body unread; closing the connection spares draining it.
         let Some((account, order_type)) = parse_notify_path(&path) else {

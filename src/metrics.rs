@@ -49,6 +49,26 @@ pub static REPLAYS: Lazy<IntCounterVec> = Lazy::new(|| {
         .expect("metric registers once")
 });
 
+/// Paid notifications or syncs refused because the payment is bound to another type.
+pub static TYPE_CONFLICTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "payhook_type_conflicts_total",
+        "Payments refused because the ledger bound them to another type",
+        &["account", "type"]
+    )
+    .expect("metric registers once")
+});
+
+/// Provider fields that decide no money and did not parse (forwarded as the provider's text).
+pub static UNPARSED_FIELDS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "payhook_unparsed_fields_total",
+        "Non-money provider fields forwarded raw because they did not parse",
+        &["account", "field"]
+    )
+    .expect("metric registers once")
+});
+
 /// Forces registration so `/metrics` lists every family from the start.
 pub fn init() {
     Lazy::force(&NOTIFICATIONS);
@@ -59,6 +79,8 @@ pub fn init() {
     Lazy::force(&SYNC);
     Lazy::force(&PROVIDER_QUERY_DURATION);
     Lazy::force(&REPLAYS);
+    Lazy::force(&TYPE_CONFLICTS);
+    Lazy::force(&UNPARSED_FIELDS);
 }
 
 /// The Prometheus text exposition of every registered metric.

@@ -46,9 +46,10 @@ mod tests {
             mch_id: "m".into(),
             appid: "a".into(),
             openid: "u".into(),
-            pay_date: 1000,
+            pay_date: 1000.into(),
             attach: serde_json::json!({"k": 1}),
             notify_info: Map::new(),
+            unparsed: Vec::new(),
         };
         let text = serde_json::to_string(&order_data(paid, "goods", NotifyMode::Active, 2000)).unwrap();
         assert_eq!(

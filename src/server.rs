@@ -14,25 +14,45 @@ use crate::config::{Config, LedgerBackend};
 use crate::flow::Gateway;
 use crate::forward::Forwarder;
 use crate::gateway::NotifyApp;
-use crate::ledger::embedded::EmbeddedLedger;
+use crate::ledger::embedded::Embedded;
 use crate::ledger::redis::RedisLedger;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, Retention};
 use crate::metrics;
-use crate::reload::Reloader;
+use crate::reload::{HandOver, Reloader};
 
 /// Opens the configured ledger (the embedded file is opened here; Redis connects lazily).
-pub fn open_ledger(config: &Config) -> Result<Arc<dyn Ledger>, LedgerError> {
+/// `take_over`: a graceful upgrade, where the previous process may still hold the embedded file.
+pub fn open_ledger(config: &Config, take_over: bool) -> Result<Arc<dyn Ledger>, LedgerError> {
     let l = &config.ledger;
+    let retention = Retention { done_ttl: l.done_ttl, dedupe_horizon: l.dedupe_horizon };
     Ok(match &l.backend {
-        LedgerBackend::Embedded { path } => Arc::new(EmbeddedLedger::open(path, l.done_ttl, l.timeout)?),
-        LedgerBackend::Redis { url } => Arc::new(RedisLedger::new(url, &l.key_prefix, l.done_ttl, l.timeout)?),
+        // A call waits for the file while the old process settles, within a reply budget.
+        LedgerBackend::Embedded { path } => Arc::new(Embedded::open(path, retention, l.timeout, config.server.reply_budget, take_over)?),
+        LedgerBackend::Redis { url } => Arc::new(RedisLedger::new(url, &l.key_prefix, retention, l.timeout)?),
     })
+}
+
+/// Creates the directories of the pid file and upgrade socket, readable by payhook's user only.
+fn create_run_dirs(files: &[&str]) -> Result<(), LedgerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    for file in files {
+        if let Some(dir) = Path::new(file).parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| LedgerError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// `config_path` is re-read on SIGHUP.
 pub fn build_server(config: Config, config_path: &Path, opt: Option<Opt>) -> Result<Server, LedgerError> {
     metrics::init();
     let s = config.server.clone();
+    let take_over = opt.as_ref().is_some_and(|o| o.upgrade);
+    create_run_dirs(&[&s.pid_file, &s.upgrade_sock])?;
     let conf = ServerConf {
         threads: s.threads,
         pid_file: s.pid_file.clone(),
@@ -44,18 +64,21 @@ pub fn build_server(config: Config, config_path: &Path, opt: Option<Opt>) -> Res
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let ledger = open_ledger(&config)?;
+    let ledger = open_ledger(&config, take_over)?;
     let forwarder = Arc::new(Forwarder::new(s.upstream_ca_file.as_ref().map(|p| p.display().to_string())));
+    let config_startup = (config.server.clone(), config.ledger.clone());
     let gateway = Arc::new(Gateway::new(config, ledger, forwarder));
 
     let mut notify = Service::new("payhook notify".to_string(), NotifyApp::new(gateway.clone(), s.body_limit, s.body_timeout));
     notify.add_tcp(&s.listen);
-    let reloader = Reloader { gateway: gateway.clone(), config_path: config_path.to_path_buf() };
-    let mut admin = Service::new("payhook admin".to_string(), AdminApp::new(gateway, s.admin_tokens.clone()));
+    let reloader = Reloader::new(gateway.clone(), config_path.to_path_buf(), &config_startup);
+    let hand_over = HandOver { gateway: gateway.clone() };
+    let mut admin = Service::new("payhook admin".to_string(), AdminApp::new(gateway));
     admin.add_tcp(&s.admin_listen);
     admin.threads = Some(1);
     server.add_service(notify);
     server.add_service(admin);
     server.add_service(background_service("payhook reload", reloader));
+    server.add_service(background_service("payhook upgrade hand-over", hand_over));
     Ok(server)
 }

@@ -1,226 +1,468 @@
 //! The single-node ledger: an embedded redb file, so dedupe survives restarts without Redis.
 //!
 //! redb is synchronous and fsyncs on commit, so every call runs on tokio's blocking pool; its
-//! single-writer transactions make each compare-and-set atomic.
+//! single-writer transactions make each compare-and-set atomic, and reads use read transactions
+//! so polling never queues behind claims.
+//!
+//! redb lets one process at a time open the file. A graceful upgrade needs two: the old process
+//! still settles its last notifications while the new one already accepts. So the store has two
+//! modes. *Exclusive*: the file stays open (the normal case). *Shared*: each call takes a lock
+//! file, opens the database, runs, and closes it again. The old process turns shared when it
+//! receives SIGQUIT ([`Ledger::hand_over`]); a process started with `--upgrade` starts shared and
+//! turns exclusive as soon as it holds the instance lock, i.e. once the old process has exited.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{bounded, now_ms, Claim, Lease, Ledger, LedgerError, OrderRecord, OrderState};
-use crate::order::NotifyMode;
+use super::{bounded, millis, now_ms, Claim, ClaimRequest, Lease, Ledger, LedgerError, OrderRecord, OrderState, PaymentId, Retention};
 
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
-/// Expired records are swept once per this many claims.
-const SWEEP_EVERY: u64 = 1024;
+/// Expired records and data are swept at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Pause between attempts to get the file in shared mode.
+const SHARED_RETRY: Duration = Duration::from_millis(3);
 
 #[derive(Serialize, Deserialize)]
 struct Stored {
     record: OrderRecord,
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
+    data_expires_at_ms: i64,
     token: Option<String>,
     lease_until_ms: i64,
     expires_at_ms: i64,
 }
 
+impl Stored {
+    fn into_record(self, now: i64) -> OrderRecord {
+        let mut record = self.record;
+        record.order_data = self.data.filter(|_| self.data_expires_at_ms > now);
+        record
+    }
+}
+
 pub struct EmbeddedLedger {
-    db: Arc<Database>,
-    done_ttl_ms: i64,
+    path: PathBuf,
+    /// Open in exclusive mode; `None` in shared mode.
+    db: ArcSwapOption<Database>,
+    /// Serialises the processes' calls in shared mode.
+    op_lock: PathBuf,
+    /// Held for the process's life once it owns the store; free only when no payhook has it.
+    instance: Mutex<Option<File>>,
+    /// Where the instance lock lives.
+    instance_lock: PathBuf,
+    retention: Retention,
     timeout: Duration,
-    claims: AtomicU64,
+    /// How long a call waits for the file while another process holds it (an upgrade).
+    open_wait: Duration,
+    last_sweep_ms: AtomicI64,
 }
 
 fn err(e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Unavailable(e.to_string())
 }
 
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+fn open_lock_file(path: &Path) -> Result<File, LedgerError> {
+    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(err)
+}
+
 impl EmbeddedLedger {
-    pub fn open(path: &Path, done_ttl: Duration, timeout: Duration) -> Result<Self, LedgerError> {
+    /// Opens the store. With `take_over` (a graceful upgrade) a store still held by the old
+    /// process is opened in shared mode instead of refused.
+    pub fn open(path: &Path, retention: Retention, timeout: Duration, open_wait: Duration, take_over: bool) -> Result<Self, LedgerError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(err)?;
         }
-        let db = Database::create(path).map_err(err)?;
-        let tx = db.begin_write().map_err(err)?;
-        tx.open_table(ORDERS).map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(EmbeddedLedger { db: Arc::new(db), done_ttl_ms: done_ttl.as_millis() as i64, timeout, claims: AtomicU64::new(0) })
+        let ledger = EmbeddedLedger {
+            path: path.to_path_buf(),
+            db: ArcSwapOption::empty(),
+            op_lock: sibling(path, ".lock"),
+            instance: Mutex::new(None),
+            instance_lock: sibling(path, ".instance"),
+            retention,
+            timeout,
+            open_wait,
+            last_sweep_ms: AtomicI64::new(now_ms()),
+        };
+        if !ledger.try_own()? {
+            if !take_over {
+                return Err(LedgerError::Unavailable(format!("{} is held by another payhook process", path.display())));
+            }
+            tracing::info!(path = %path.display(), "ledger held by the previous process; sharing it until that process exits");
+        }
+        Ok(ledger)
+    }
+
+    /// Takes the instance lock and opens the file for good, if no other process holds it.
+    fn try_own(&self) -> Result<bool, LedgerError> {
+        let mut instance = self.instance.lock().expect("instance lock poisoned");
+        if instance.is_some() {
+            return Ok(self.db.load().is_some());
+        }
+        let file = open_lock_file(&self.instance_lock)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(false),
+            Err(TryLockError::Error(e)) => return Err(err(e)),
+        }
+        let db = open_database(&self.path)?;
+        self.db.store(Some(Arc::new(db)));
+        *instance = Some(file);
+        Ok(true)
+    }
+
+    /// Runs `op` with the database: the open one, or (shared mode) one opened for this call
+    /// under the lock file, waiting up to `open_wait` while the other process holds it.
+    fn with_db<T>(&self, op: impl Fn(&Database) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
+        if let Some(db) = self.db.load_full() {
+            return op(&db);
+        }
+        if self.instance.lock().expect("instance lock poisoned").is_none() && self.try_own()? {
+            tracing::info!(path = %self.path.display(), "previous process has exited; ledger is exclusive again");
+            return self.with_db(op);
+        }
+        let deadline = Instant::now() + self.open_wait;
+        let lock = open_lock_file(&self.op_lock)?;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => match Database::create(&self.path) {
+                    Ok(db) => {
+                        let out = op(&db);
+                        drop(db);
+                        let _ = lock.unlock();
+                        return out;
+                    }
+                    Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                        let _ = lock.unlock();
+                    }
+                    Err(e) => {
+                        let _ = lock.unlock();
+                        return Err(err(e));
+                    }
+                },
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(err(e)),
+            }
+            if Instant::now() >= deadline {
+                return Err(LedgerError::Unavailable("ledger file held by another process".into()));
+            }
+            std::thread::sleep(SHARED_RETRY);
+        }
+    }
+
+    /// Runs `f` on tokio's blocking pool: first waiting for the file, then bounded by `timeout`.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&EmbeddedLedger) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let me = self.clone();
+        let limit = if me.db.load().is_some() { me.timeout } else { me.timeout + me.open_wait };
+        bounded(limit, async move { tokio::task::spawn_blocking(move || f(&me)).await.map_err(err)? }).await
     }
 
     /// Runs `change` on the live (unexpired) record of `key` inside one write transaction.
-    async fn update<T: Send + 'static>(
-        &self,
-        key: &str,
-        change: impl FnOnce(Option<Stored>, i64) -> (Option<Stored>, T) + Send + 'static,
-    ) -> Result<T, LedgerError> {
-        let db = self.db.clone();
-        let key = key.to_string();
-        bounded(self.timeout, async move {
-            tokio::task::spawn_blocking(move || {
-                let now = now_ms();
-                let tx = db.begin_write().map_err(err)?;
-                let out = {
-                    let mut table = tx.open_table(ORDERS).map_err(err)?;
-                    let current = table
-                        .get(key.as_str())
-                        .map_err(err)?
-                        .and_then(|v| serde_json::from_slice::<Stored>(v.value()).ok())
-                        .filter(|s| s.expires_at_ms > now);
-                    let (next, out) = change(current, now);
-                    if let Some(next) = next {
-                        let bytes = serde_json::to_vec(&next).map_err(err)?;
-                        table.insert(key.as_str(), bytes.as_slice()).map_err(err)?;
-                    }
-                    out
-                };
-                tx.commit().map_err(err)?;
-                Ok(out)
-            })
-            .await
-            .map_err(err)?
+    fn update<T>(&self, key: &str, change: impl Fn(Option<Stored>, i64) -> (Option<Stored>, T)) -> Result<T, LedgerError> {
+        self.with_db(|db| {
+            let now = now_ms();
+            let tx = db.begin_write().map_err(err)?;
+            let out = {
+                let mut table = tx.open_table(ORDERS).map_err(err)?;
+                let current = table
+                    .get(key)
+                    .map_err(err)?
+                    .and_then(|v| serde_json::from_slice::<Stored>(v.value()).ok())
+                    .filter(|s| s.expires_at_ms > now);
+                let (next, out) = change(current, now);
+                if let Some(next) = next {
+                    let bytes = serde_json::to_vec(&next).map_err(err)?;
+                    table.insert(key, bytes.as_slice()).map_err(err)?;
+                }
+                out
+            };
+            tx.commit().map_err(err)?;
+            Ok(out)
         })
-        .await
     }
 
-    fn sweep(&self) {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
+    fn read(&self, key: &str) -> Result<Option<OrderRecord>, LedgerError> {
+        self.with_db(|db| {
             let now = now_ms();
-            let tx = db.begin_write()?;
+            let tx = db.begin_read().map_err(err)?;
+            let table = match tx.open_table(ORDERS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(err(e)),
+            };
+            Ok(table
+                .get(key)
+                .map_err(err)?
+                .and_then(|v| serde_json::from_slice::<Stored>(v.value()).ok())
+                .filter(|s| s.expires_at_ms > now)
+                .map(|s| s.into_record(now)))
+        })
+    }
+
+    /// Drops records past the horizon and order data past `done_ttl`.
+    fn sweep(&self) -> Result<(), LedgerError> {
+        self.with_db(|db| {
+            let now = now_ms();
+            let tx = db.begin_write().map_err(err)?;
             {
-                let mut table = tx.open_table(ORDERS)?;
-                table.retain(|_, v| serde_json::from_slice::<Stored>(v).map(|s| s.expires_at_ms > now).unwrap_or(false))?;
+                let mut table = tx.open_table(ORDERS).map_err(err)?;
+                let mut stripped = Vec::new();
+                table
+                    .retain(|key, v| match serde_json::from_slice::<Stored>(v) {
+                        Ok(s) if s.expires_at_ms <= now => false,
+                        Ok(mut s) if s.data.is_some() && s.data_expires_at_ms <= now => {
+                            s.data = None;
+                            stripped.push((key.to_string(), s));
+                            true
+                        }
+                        Ok(_) => true,
+                        Err(_) => false,
+                    })
+                    .map_err(err)?;
+                for (key, s) in stripped {
+                    let bytes = serde_json::to_vec(&s).map_err(err)?;
+                    table.insert(key.as_str(), bytes.as_slice()).map_err(err)?;
+                }
             }
-            tx.commit()?;
+            tx.commit().map_err(err)?;
             Ok(())
+        })
+    }
+
+    fn maybe_sweep(self: &Arc<Self>) {
+        let now = now_ms();
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if now - last < millis(SWEEP_EVERY) || self.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = me.sweep() {
+                tracing::warn!(error = %e, "ledger sweep failed");
+            }
         });
     }
 }
 
+fn open_database(path: &Path) -> Result<Database, LedgerError> {
+    let db = Database::create(path).map_err(err)?;
+    let tx = db.begin_write().map_err(err)?;
+    tx.open_table(ORDERS).map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(db)
+}
+
+/// The [`Ledger`] over an [`EmbeddedLedger`]; an `Arc` so calls can move to the blocking pool.
+pub struct Embedded(Arc<EmbeddedLedger>);
+
+impl Embedded {
+    pub fn open(path: &Path, retention: Retention, timeout: Duration, open_wait: Duration, take_over: bool) -> Result<Self, LedgerError> {
+        Ok(Embedded(Arc::new(EmbeddedLedger::open(path, retention, timeout, open_wait, take_over)?)))
+    }
+}
+
 #[async_trait]
-impl Ledger for EmbeddedLedger {
-    async fn claim(&self, key: &str, lease_for: Duration, mode: NotifyMode) -> Result<Claim, LedgerError> {
-        if self.claims.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            self.sweep();
-        }
-        let ttl = self.done_ttl_ms;
-        let lease_ms = lease_for.as_millis() as i64;
-        self.update(key, move |current, now| {
-            let mut stored = match current {
-                Some(s) if s.record.state == OrderState::Done => return (None, Claim::Done),
-                Some(s) if s.record.state == OrderState::InFlight && s.lease_until_ms > now => return (None, Claim::InFlight),
-                Some(s) => s,
-                None => Stored {
-                    record: OrderRecord {
-                        state: OrderState::None,
-                        notify_mode: None,
-                        attempts: 0,
-                        last_failure: None,
-                        first_seen_ms: Some(now),
-                        done_at_ms: None,
-                        replays: 0,
-                        last_replay: None,
-                        order_data: None,
-                    },
-                    token: None,
-                    lease_until_ms: 0,
-                    expires_at_ms: 0,
-                },
-            };
-            let lease = Lease::new();
-            stored.record.state = OrderState::InFlight;
-            stored.record.attempts += 1;
-            stored.record.notify_mode = Some(mode as u8);
-            stored.token = Some(lease.token.clone());
-            stored.lease_until_ms = now + lease_ms;
-            stored.expires_at_ms = now + ttl;
-            (Some(stored), Claim::Owned(lease))
-        })
-        .await
+impl Ledger for Embedded {
+    async fn claim(&self, key: &PaymentId, request: ClaimRequest<'_>) -> Result<Claim, LedgerError> {
+        self.0.maybe_sweep();
+        let horizon = millis(self.0.retention.dedupe_horizon);
+        let lease_ms = millis(request.lease_for);
+        let (key, order_type, total_fee, mode) = (key.to_string(), request.order_type.to_string(), request.total_fee, request.mode);
+        self.0
+            .blocking(move |l| {
+                l.update(&key, |current, now| {
+                    let mut stored = match current {
+                        Some(s) if s.record.order_type.as_deref().is_some_and(|t| t != order_type) => {
+                            return (None, Claim::TypeMismatch { recorded: s.record.order_type.unwrap_or_default() })
+                        }
+                        Some(s) if s.record.state == OrderState::Done => return (None, Claim::Done),
+                        Some(s) if s.record.state == OrderState::InFlight && s.lease_until_ms > now => return (None, Claim::InFlight),
+                        Some(s) => s,
+                        None => Stored {
+                            record: OrderRecord {
+                                state: OrderState::None,
+                                order_type: None,
+                                total_fee: Some(total_fee),
+                                notify_mode: None,
+                                attempts: 0,
+                                last_failure: None,
+                                first_seen_ms: Some(now),
+                                done_at_ms: None,
+                                replays: 0,
+                                last_replay: None,
+                                order_data: None,
+                            },
+                            data: None,
+                            data_expires_at_ms: 0,
+                            token: None,
+                            lease_until_ms: 0,
+                            expires_at_ms: 0,
+                        },
+                    };
+                    let lease = Lease::new();
+                    stored.record.state = OrderState::InFlight;
+                    stored.record.order_type = Some(order_type.clone());
+                    stored.record.attempts += 1;
+                    stored.record.notify_mode = Some(mode as u8);
+                    stored.token = Some(lease.token.clone());
+                    stored.lease_until_ms = now + lease_ms;
+                    stored.expires_at_ms = now.saturating_add(horizon);
+                    (Some(stored), Claim::Owned(lease))
+                })
+            })
+            .await
     }
 
-    async fn complete(&self, key: &str, lease: &Lease, order_data: &str) -> Result<bool, LedgerError> {
-        let (token, data, ttl) = (lease.token.clone(), order_data.to_string(), self.done_ttl_ms);
-        self.update(key, move |current, now| match current {
-            Some(mut s) if s.token.as_deref() == Some(token.as_str()) => {
-                s.record.state = OrderState::Done;
-                s.record.done_at_ms = Some(now);
-                s.record.order_data = Some(data);
-                s.token = None;
-                s.expires_at_ms = now + ttl;
-                (Some(s), true)
-            }
-            _ => (None, false),
-        })
-        .await
+    async fn complete(&self, key: &PaymentId, lease: &Lease, order_data: &str) -> Result<bool, LedgerError> {
+        let Retention { done_ttl, dedupe_horizon } = self.0.retention;
+        let (key, token, data) = (key.to_string(), lease.token.clone(), order_data.to_string());
+        self.0
+            .blocking(move |l| {
+                l.update(&key, |current, now| match current {
+                    Some(mut s) if s.token.as_deref() == Some(token.as_str()) => {
+                        s.record.state = OrderState::Done;
+                        s.record.done_at_ms = Some(now);
+                        s.record.last_failure = None;
+                        s.data = Some(data.clone());
+                        s.data_expires_at_ms = now.saturating_add(millis(done_ttl));
+                        s.token = None;
+                        s.expires_at_ms = now.saturating_add(millis(dedupe_horizon));
+                        (Some(s), true)
+                    }
+                    _ => (None, false),
+                })
+            })
+            .await
     }
 
-    async fn release(&self, key: &str, lease: &Lease, reason: &str) -> Result<bool, LedgerError> {
-        let (token, reason) = (lease.token.clone(), reason.to_string());
-        self.update(key, move |current, _| match current {
-            Some(mut s) if s.token.as_deref() == Some(token.as_str()) => {
-                s.record.state = OrderState::None;
-                s.record.last_failure = Some(reason);
-                s.token = None;
-                (Some(s), true)
-            }
-            _ => (None, false),
-        })
-        .await
+    async fn release(&self, key: &PaymentId, lease: &Lease, reason: &str) -> Result<bool, LedgerError> {
+        let (key, token, reason) = (key.to_string(), lease.token.clone(), reason.to_string());
+        self.0
+            .blocking(move |l| {
+                l.update(&key, |current, _| match current {
+                    Some(mut s) if s.token.as_deref() == Some(token.as_str()) => {
+                        s.record.state = OrderState::None;
+                        s.record.last_failure = Some(reason.clone());
+                        s.token = None;
+                        (Some(s), true)
+                    }
+                    _ => (None, false),
+                })
+            })
+            .await
     }
 
-    async fn record(&self, key: &str) -> Result<Option<OrderRecord>, LedgerError> {
-        self.update(key, |current, _| (None, current.map(|s| s.record))).await
+    async fn record(&self, key: &PaymentId) -> Result<Option<OrderRecord>, LedgerError> {
+        let key = key.to_string();
+        self.0.blocking(move |l| l.read(&key)).await
     }
 
-    async fn note_replay(&self, key: &str, result: &str) -> Result<(), LedgerError> {
-        let result = result.to_string();
-        self.update(key, move |current, _| match current {
-            Some(mut s) => {
-                s.record.replays += 1;
-                s.record.last_replay = Some(result);
-                (Some(s), ())
-            }
-            None => (None, ()),
-        })
-        .await
+    async fn note_replay(&self, key: &PaymentId, result: &str) -> Result<(), LedgerError> {
+        let (key, result) = (key.to_string(), result.to_string());
+        self.0
+            .blocking(move |l| {
+                l.update(&key, |current, _| match current {
+                    Some(mut s) => {
+                        s.record.replays += 1;
+                        s.record.last_replay = Some(result.clone());
+                        (Some(s), ())
+                    }
+                    None => (None, ()),
+                })
+            })
+            .await
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
-        let db = self.db.clone();
-        bounded(self.timeout, async move {
-            tokio::task::spawn_blocking(move || db.begin_read().map(|_| ()).map_err(err)).await.map_err(err)?
-        })
-        .await
+        self.0.blocking(|l| l.with_db(|db| db.begin_read().map(|_| ()).map_err(err))).await
+    }
+
+    fn hand_over(&self) {
+        // Taken under the op lock, so no shared call of the new process runs while this
+        // process still has the file open.
+        let Ok(lock) = open_lock_file(&self.0.op_lock) else { return };
+        if lock.lock().is_ok() {
+            self.0.db.store(None);
+            let _ = lock.unlock();
+            tracing::info!(path = %self.0.path.display(), "graceful upgrade: ledger now shared with the new process");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::order::NotifyMode;
+
+    const WAIT: Duration = Duration::from_secs(2);
 
     #[tokio::test]
     async fn keeps_the_ledger_contract() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = EmbeddedLedger::open(&dir.path().join("ledger.redb"), Duration::from_secs(60), Duration::from_secs(5)).unwrap();
+        let ledger = Embedded::open(&dir.path().join("ledger.redb"), super::super::contract::RETENTION, Duration::from_secs(5), WAIT, false).unwrap();
         super::super::contract::run(Arc::new(ledger)).await;
     }
 
+    fn req() -> ClaimRequest<'static> {
+        ClaimRequest { order_type: "goods", total_fee: 1, lease_for: Duration::from_secs(5), mode: NotifyMode::Notification }
+    }
+
     #[tokio::test]
-    async fn done_survives_a_restart_and_expires_after_done_ttl() {
+    async fn done_survives_a_restart_and_expires_after_the_horizon() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.redb");
+        let short = Retention { done_ttl: Duration::from_millis(100), dedupe_horizon: Duration::from_millis(400) };
+        let id = PaymentId::new("wechat", "m", "1");
         {
-            let l = EmbeddedLedger::open(&path, Duration::from_millis(300), Duration::from_secs(5)).unwrap();
-            let Claim::Owned(lease) = l.claim("a:1", Duration::from_secs(5), NotifyMode::Notification).await.unwrap() else { panic!() };
-            assert!(l.complete("a:1", &lease, "{}").await.unwrap());
+            let l = Embedded::open(&path, short, Duration::from_secs(5), WAIT, false).unwrap();
+            let Claim::Owned(lease) = l.claim(&id, req()).await.unwrap() else { panic!() };
+            assert!(l.complete(&id, &lease, "{}").await.unwrap());
         }
-        let l = EmbeddedLedger::open(&path, Duration::from_millis(300), Duration::from_secs(5)).unwrap();
-        assert_eq!(l.claim("a:1", Duration::from_secs(5), NotifyMode::Notification).await.unwrap(), Claim::Done);
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(matches!(l.claim("a:1", Duration::from_secs(5), NotifyMode::Notification).await.unwrap(), Claim::Owned(_)));
+        let l = Embedded::open(&path, short, Duration::from_secs(5), WAIT, false).unwrap();
+        assert_eq!(l.claim(&id, req()).await.unwrap(), Claim::Done);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(matches!(l.claim(&id, req()).await.unwrap(), Claim::Owned(_)));
+    }
+
+    /// A graceful upgrade: the new process shares the file while the old one settles, then owns it.
+    #[tokio::test]
+    async fn an_upgrade_shares_the_file_then_takes_it_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let retention = super::super::contract::RETENTION;
+        let old = Embedded::open(&path, retention, Duration::from_secs(5), WAIT, false).unwrap();
+        assert!(Embedded::open(&path, retention, Duration::from_secs(5), WAIT, false).is_err(), "a second plain start is refused");
+        let new = Embedded::open(&path, retention, Duration::from_secs(5), Duration::from_millis(300), true).unwrap();
+        let (a, b) = (PaymentId::new("wechat", "m", "a"), PaymentId::new("wechat", "m", "b"));
+        let Claim::Owned(lease) = old.claim(&a, req()).await.unwrap() else { panic!() };
+        // While the old process keeps the file open, the new one waits and then fails closed.
+        assert!(new.claim(&b, req()).await.is_err());
+        old.hand_over();
+        // Both now take turns; the old one settles what it claimed, the new one sees it.
+        let Claim::Owned(lease_b) = new.claim(&b, req()).await.unwrap() else { panic!() };
+        assert!(old.complete(&a, &lease, "{}").await.unwrap());
+        assert_eq!(new.claim(&a, req()).await.unwrap(), Claim::Done);
+        assert!(new.0.db.load().is_none(), "still shared while the old process lives");
+        drop(old);
+        assert!(new.complete(&b, &lease_b, "{}").await.unwrap());
+        assert!(new.0.db.load().is_some(), "exclusive once the old process is gone");
     }
 }

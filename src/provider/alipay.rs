@@ -139,15 +139,18 @@ impl Alipay {
             .get("total_amount")
             .ok_or_else(|| ProviderError::BadAmount("total_amount".into()))
             .and_then(|amount| yuan_to_fen(amount))?;
-        let pay_date = beijing_millis(&text("gmt_payment"), BEIJING_FORMAT).ok_or_else(|| ProviderError::Malformed("gmt_payment".into()))?;
+        let mut unparsed = Vec::new();
+        let gmt_payment = text("gmt_payment");
+        let pay_date = PaidOrder::lenient_date(beijing_millis(&gmt_payment, BEIJING_FORMAT), gmt_payment, "gmt_payment", &mut unparsed);
         // The merchant URL-encoded passback_params when creating the order; Alipay echoes it as is.
         let attach = match fields.get("passback_params") {
-            Some(raw) => {
-                let text = percent_encoding::percent_decode_str(raw)
-                    .decode_utf8()
-                    .map_err(|_| ProviderError::Malformed("passback_params is not UTF-8".into()))?;
-                parse_attach(&text)
-            }
+            Some(raw) => match percent_encoding::percent_decode_str(raw).decode_utf8() {
+                Ok(text) => parse_attach(&text),
+                Err(_) => {
+                    unparsed.push("passback_params");
+                    Value::String(raw.clone())
+                }
+            },
             None => Value::String(String::new()),
         };
         let openid = fields
@@ -171,6 +174,7 @@ impl Alipay {
                 .filter(|(k, _)| !is_unsigned(k))
                 .map(|(k, v)| (k, Value::String(v)))
                 .collect::<Map<_, _>>(),
+            unparsed,
         }))
     }
 
@@ -343,6 +347,10 @@ impl Provider for Alipay {
         "alipay"
     }
 
+    fn merchant(&self) -> (&'static str, &str) {
+        ("alipay", &self.app_id)
+    }
+
     fn verify(&self, inbound: &Inbound) -> Result<Verified, ProviderError> {
         let form = Form::parse(inbound.body)?;
         self.verify_signature(&form)?;
@@ -412,8 +420,9 @@ impl Provider for Alipay {
             other => return Ok(QueryOutcome::NotPaid { trade_state: other.to_string() }),
         }
         let total_fee = yuan_to_fen(&text("total_amount"))?;
-        let pay_date =
-            beijing_millis(&text("send_pay_date"), BEIJING_FORMAT).ok_or_else(|| ProviderError::Malformed("send_pay_date".into()))?;
+        let mut unparsed = Vec::new();
+        let send_pay_date = text("send_pay_date");
+        let pay_date = PaidOrder::lenient_date(beijing_millis(&send_pay_date, BEIJING_FORMAT), send_pay_date, "send_pay_date", &mut unparsed);
         let openid = Some(text("buyer_user_id")).filter(|id| !id.is_empty()).unwrap_or_else(|| text("buyer_open_id"));
         Ok(QueryOutcome::Paid(PaidOrder {
             provider: "alipay",
@@ -428,6 +437,7 @@ impl Provider for Alipay {
             // passback_params only travels in notifications.
             attach: Value::String(String::new()),
             notify_info: response,
+            unparsed,
         }))
     }
 
@@ -525,7 +535,7 @@ mod tests {
         assert_eq!(order.transaction_id, "2019081522001468450512505578");
         assert_eq!((order.mch_id.as_str(), order.appid.as_str()), ("2088531891668739", "2019073166072302"));
         assert_eq!(order.openid, "2088102534368455");
-        assert_eq!(order.pay_date, 1_565_855_784_000);
+        assert_eq!(order.pay_date, 1_565_855_784_000i64);
         assert_eq!(order.attach, Value::String(String::new()));
         assert_eq!(order.notify_info["notify_id"], "2019081500222155624068450559358070");
         assert_eq!(order.notify_info["subject"], "语雀空间 500人规模");
@@ -627,21 +637,32 @@ mod tests {
     /// Regression (found with fuzz/fuzz_targets/alipay_signed.rs): a signed date within 8 hours
     /// of chrono's earliest date made the Beijing → UTC shift panic instead of failing.
     #[test]
-    fn dates_at_the_edge_of_the_calendar_are_malformed_not_a_panic() {
-        for date in ["-262143-01-01 00:00:00", "-262143-01-01 07:59:59"] {
+    fn dates_that_do_not_parse_are_forwarded_raw_not_refused_nor_a_panic() {
+        // A signed, paid notification must not be refused over a field that decides no money.
+        for date in ["-262143-01-01 00:00:00", "-262143-01-01 07:59:59", "2026-13-45 99:99:99", ""] {
             let mut fields = test_fields();
             fields.insert("gmt_payment".into(), date.into());
             sign_with_test_key(&mut fields, UTF_8);
-            let err = verify(&test_key_provider(), &form_body(&fields, UTF_8)).unwrap_err();
-            assert_eq!(err.to_string(), "malformed notification: gmt_payment", "{date}");
+            let Verified::Paid(order) = verify(&test_key_provider(), &form_body(&fields, UTF_8)).unwrap() else { panic!() };
+            assert_eq!((order.pay_date, order.unparsed), (Value::String(date.into()), vec!["gmt_payment"]), "{date}");
             let response = PAID.replace("2026-11-27 13:29:35", date);
-            let err = query(&query_provider(), &query_reply(&response, "alipay.key.pem")).unwrap_err();
-            assert_eq!(err.to_string(), "malformed notification: send_pay_date", "{date}");
+            let QueryOutcome::Paid(order) = query(&query_provider(), &query_reply(&response, "alipay.key.pem")).unwrap() else { panic!() };
+            assert_eq!((order.pay_date, order.unparsed), (Value::String(date.into()), vec!["send_pay_date"]), "{date}");
         }
         let mut earliest = test_fields();
         earliest.insert("gmt_payment".into(), "-262143-01-01 08:00:00".into());
         sign_with_test_key(&mut earliest, UTF_8);
-        assert!(matches!(verify(&test_key_provider(), &form_body(&earliest, UTF_8)).unwrap(), Verified::Paid(_)));
+        let Verified::Paid(order) = verify(&test_key_provider(), &form_body(&earliest, UTF_8)).unwrap() else { panic!() };
+        assert!(order.unparsed.is_empty() && order.pay_date.is_i64());
+    }
+
+    #[test]
+    fn passback_params_that_are_not_utf8_are_forwarded_raw() {
+        let mut fields = test_fields();
+        fields.insert("passback_params".into(), "%FF%FE".into());
+        sign_with_test_key(&mut fields, UTF_8);
+        let Verified::Paid(order) = verify(&test_key_provider(), &form_body(&fields, UTF_8)).unwrap() else { panic!() };
+        assert_eq!((order.attach, order.unparsed), (Value::String("%FF%FE".into()), vec!["passback_params"]));
     }
 
     #[test]
@@ -766,9 +787,10 @@ mod tests {
                 mch_id: "2088000000000001".into(),
                 appid: "2021000000000001".into(),
                 openid: "2088102177846880".into(),
-                pay_date: NOW * 1000,
+                pay_date: (NOW * 1000).into(),
                 attach: Value::String(String::new()),
                 notify_info: serde_json::from_str(PAID).unwrap(),
+                unparsed: Vec::new(),
             }
         );
         assert_eq!(order.notify_info["subject"], "商品");

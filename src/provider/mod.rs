@@ -17,6 +17,9 @@ use serde_json::{Map, Value};
 use crate::config::{ConfigDir, ConfigError};
 use crate::forward::{Backend, HttpReply};
 
+/// WeChat Pay (v2 and v3) counts a notification as failed after 5 s without a reply.
+pub(crate) const WECHAT_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The raw notification, exactly as received.
 pub struct Inbound<'a> {
     pub headers: &'a http::HeaderMap,
@@ -46,11 +49,27 @@ pub struct PaidOrder {
     pub mch_id: String,
     pub appid: String,
     pub openid: String,
-    /// Milliseconds since the epoch.
-    pub pay_date: i64,
+    /// When the payer paid, in milliseconds since the epoch; the provider's own text when it
+    /// does not parse (it decides no money, so it never blocks a payment).
+    pub pay_date: Value,
     pub attach: Value,
     /// The provider's own fields, decoded (vk's `notify_info`).
     pub notify_info: Map<String, Value>,
+    /// Fields that decide no money and did not parse, forwarded as the provider sent them.
+    pub unparsed: Vec<&'static str>,
+}
+
+impl PaidOrder {
+    /// Milliseconds since the epoch, or the raw `text` (noted in `unparsed`) when it does not parse.
+    pub(crate) fn lenient_date(millis: Option<i64>, text: String, field: &'static str, unparsed: &mut Vec<&'static str>) -> Value {
+        match millis {
+            Some(ms) => Value::from(ms),
+            None => {
+                unparsed.push(field);
+                Value::String(text)
+            }
+        }
+    }
 }
 
 /// Which reply a provider should hear.
@@ -117,6 +136,15 @@ impl ProviderError {
 pub trait Provider: Send + Sync {
     /// The config name (`wechat-v3`, ...), for logs.
     fn kind(&self) -> &'static str;
+
+    /// (provider family, merchant id): with `out_trade_no`, the payment's identity in the
+    /// ledger. Accounts of one merchant (a v2 and a v3 account of one `mchid`) share it.
+    fn merchant(&self) -> (&'static str, &str);
+
+    /// How long the provider waits for a reply before it counts the notification as failed.
+    fn reply_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// Verifies the raw notification and normalises it. Never trusts a byte before the signature.
     fn verify(&self, inbound: &Inbound) -> Result<Verified, ProviderError>;

@@ -110,7 +110,9 @@ impl WechatV2 {
             .filter(|fee| is_digits(fee))
             .and_then(|fee| fee.parse().ok())
             .ok_or_else(|| ProviderError::BadAmount("total_fee".into()))?;
-        let pay_date = time_end_millis(&text("time_end")).ok_or_else(|| ProviderError::Malformed("time_end".into()))?;
+        let mut unparsed = Vec::new();
+        let time_end = text("time_end");
+        let pay_date = PaidOrder::lenient_date(time_end_millis(&time_end), time_end, "time_end", &mut unparsed);
         Ok(Verified::Paid(PaidOrder {
             provider: "wxpay",
             transaction_id: text("transaction_id"),
@@ -126,6 +128,7 @@ impl WechatV2 {
                 .filter(|(k, _)| k != "sign")
                 .map(|(k, v)| (k, Value::String(v)))
                 .collect::<Map<_, _>>(),
+            unparsed,
         }))
     }
 }
@@ -260,6 +263,14 @@ fn time_end_millis(text: &str) -> Option<i64> {
 impl Provider for WechatV2 {
     fn kind(&self) -> &'static str {
         "wechat-v2"
+    }
+
+    fn merchant(&self) -> (&'static str, &str) {
+        ("wechat", &self.mch_id)
+    }
+
+    fn reply_timeout(&self) -> Option<std::time::Duration> {
+        Some(super::WECHAT_REPLY_TIMEOUT)
     }
 
     fn verify(&self, inbound: &Inbound) -> Result<Verified, ProviderError> {
@@ -460,9 +471,10 @@ mod tests {
             appid: "wxd930ea5d5a258f4f".into(),
             openid: "oUpF8uMEb4qRXf22hE3X68TekukE".into(),
             // 2014-09-03 13:15:40 +08:00
-            pay_date: 1_409_721_340_000,
+            pay_date: 1_409_721_340_000i64.into(),
             attach: serde_json::json!({ "user_id": "u1" }),
             notify_info: fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect(),
+            unparsed: Vec::new(),
         }
     }
 

@@ -13,13 +13,15 @@ use ring::aead;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{api_base, api_path, parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
+use super::{WECHAT_REPLY_TIMEOUT, api_base, api_path, parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::{parse_duration, ConfigDir, ConfigError};
 use crate::forward::{Backend, HttpReply};
 use crate::keys::{random_hex, Certificate, RsaPrivateKey, RsaPublicKey};
 use crate::secret::Secret;
 
 /// WeChat sends these on purpose to check that merchants really verify.
+/// The widest `timestamp_tolerance` accepted: WeChat's own SDKs use 5 minutes.
+const MAX_TOLERANCE: Duration = Duration::from_secs(15 * 60);
 const PROBE_PREFIX: &str = "WECHATPAY/SIGNTEST/";
 
 /// What stays literal in a path segment: unreserved characters except `.`, so that an
@@ -102,6 +104,10 @@ impl WechatV3 {
             Some(t) => parse_duration(&format!("{key}.timestamp_tolerance"), t)?,
             None => Duration::from_secs(300),
         };
+        if tolerance.is_zero() || tolerance > MAX_TOLERANCE {
+            // Past a few minutes a captured notification stays replayable for that long.
+            return Err(ConfigError::invalid(format!("{key}.timestamp_tolerance"), "must be between 1s and 15m"));
+        }
         let query = match (&cfg.api_base, &cfg.merchant_private_key_file, &cfg.merchant_serial) {
             (None, None, None) => None,
             (Some(url), Some(path), Some(serial)) => {
@@ -175,9 +181,10 @@ impl WechatV3 {
             .and_then(|a| a.get("total"))
             .and_then(Value::as_u64)
             .ok_or_else(|| ProviderError::BadAmount("amount.total".into()))?;
-        let pay_date = chrono::DateTime::parse_from_rfc3339(&text("success_time"))
-            .map(|t| t.timestamp_millis())
-            .map_err(|_| ProviderError::Malformed("success_time".into()))?;
+        let mut unparsed = Vec::new();
+        let success_time = text("success_time");
+        let millis = chrono::DateTime::parse_from_rfc3339(&success_time).ok().map(|t| t.timestamp_millis());
+        let pay_date = PaidOrder::lenient_date(millis, success_time, "success_time", &mut unparsed);
         Ok(Verified::Paid(PaidOrder {
             provider: "wxpay",
             transaction_id: text("transaction_id"),
@@ -189,6 +196,7 @@ impl WechatV3 {
             attach: parse_attach(&text("attach")),
             out_trade_no,
             notify_info: tx,
+            unparsed,
         }))
     }
 }
@@ -236,6 +244,14 @@ struct ErrorBody {
 impl Provider for WechatV3 {
     fn kind(&self) -> &'static str {
         "wechat-v3"
+    }
+
+    fn merchant(&self) -> (&'static str, &str) {
+        ("wechat", &self.mchid)
+    }
+
+    fn reply_timeout(&self) -> Option<Duration> {
+        Some(WECHAT_REPLY_TIMEOUT)
     }
 
     fn verify(&self, inbound: &Inbound) -> Result<Verified, ProviderError> {
@@ -524,9 +540,10 @@ mod tests {
                 mch_id: MCHID.into(),
                 appid: APPID.into(),
                 openid: "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".into(),
-                pay_date: NOW * 1000,
+                pay_date: (NOW * 1000).into(),
                 attach: serde_json::json!({ "user_id": "u001" }),
                 notify_info: tx.as_object().unwrap().clone(),
+                unparsed: Vec::new(),
             }
         );
     }
