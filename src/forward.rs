@@ -4,8 +4,11 @@
 //! A backend call succeeds only when the reply is 2xx and its JSON body has `"code": 0` as a
 //! number; every other ending is a typed [`ForwardError`] whose `reason()` is a metric label.
 
-use std::net::ToSocketAddrs;
-use std::time::Duration;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
 
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
@@ -47,14 +50,33 @@ impl ForwardError {
     }
 }
 
-/// An HTTP(S) endpoint resolved once at start-up (pingora's `HttpPeer::new` would resolve,
-/// blocking, on every request and panic on failure).
+/// How long resolved addresses are used before the host is resolved again: a backend or
+/// provider API behind DNS moves without a restart. The system resolver gives no TTL.
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+/// An HTTP(S) endpoint. Its host is resolved when connections are made (at most every
+/// [`RESOLVE_EVERY`]), every address is tried in turn, and pingora pools connections per
+/// address (pingora's `HttpPeer::new` would instead resolve, blocking, on every request).
+///
+/// Credentials in the URL never reach a log: `user:password@` becomes a Basic `Authorization`
+/// header, and [`Backend::url`] shows the URL with the credentials and query values masked.
 #[derive(Clone)]
 pub struct Backend {
-    peer: HttpPeer,
     host: String,
+    port: u16,
+    tls: bool,
+    /// The `Host` header.
+    host_header: String,
     path: String,
+    /// The URL with credentials and query values masked: the only form logged.
     url: String,
+    authorization: Option<String>,
+    peers: Arc<Mutex<Resolved>>,
+}
+
+struct Resolved {
+    at: Option<Instant>,
+    peers: Arc<Vec<HttpPeer>>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -63,33 +85,77 @@ impl std::fmt::Debug for Backend {
     }
 }
 
+/// `scheme://host[:port]/path` with userinfo as `***@` and every query value as `***`.
+fn redact(uri: &http::Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("?");
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((_, host)) => ("***@", host),
+        None => ("", authority),
+    };
+    let mut out = format!("{scheme}://{userinfo}{host}{}", uri.path());
+    if let Some(query) = uri.query() {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}=***"),
+                None => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&masked.join("&"));
+    }
+    out
+}
+
 impl Backend {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+        let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+        let shown = redact(&uri);
         let tls = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(format!("{url:?}: scheme must be http or https")),
+            _ => return Err(format!("{shown}: scheme must be http or https")),
         };
-        let host = uri.host().ok_or_else(|| format!("{url:?}: no host"))?.to_string();
+        let host = uri.host().ok_or_else(|| format!("{shown}: no host"))?.trim_matches(['[', ']']).to_string();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("{url:?}: cannot resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{url:?}: {host} has no address"))?;
-        let mut peer = HttpPeer::new(addr, tls, if tls { host.clone() } else { String::new() });
-        peer.options.connection_timeout = Some(Duration::from_secs(2));
-        peer.options.total_connection_timeout = Some(Duration::from_secs(3));
-        peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+        let authorization = match uri.authority().and_then(|a| a.as_str().rsplit_once('@')) {
+            Some((userinfo, _)) => {
+                let decoded = percent_encoding::percent_decode_str(userinfo)
+                    .decode_utf8()
+                    .map_err(|_| format!("{shown}: credentials are not UTF-8"))?;
+                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(decoded.as_bytes())))
+            }
+            None => None,
+        };
         let host_header = match uri.port_u16() {
-            Some(p) => format!("{host}:{p}"),
-            None => host,
+            Some(p) => format!("{}:{p}", uri.host().unwrap_or_default()),
+            None => uri.host().unwrap_or_default().to_string(),
         };
         let path = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-        Ok(Backend { peer, host: host_header, path, url: url.to_string() })
+        let backend = Backend {
+            host,
+            port,
+            tls,
+            host_header,
+            path,
+            url: shown,
+            authorization,
+            peers: Arc::new(Mutex::new(Resolved { at: None, peers: Arc::new(Vec::new()) })),
+        };
+        // Resolved now as well, so `check` and start-up name a host that does not resolve.
+        let addrs: Vec<SocketAddr> = (backend.host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("{}: cannot resolve {}: {e}", backend.url, backend.host))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{}: {} has no address", backend.url, backend.host));
+        }
+        backend.remember(addrs);
+        Ok(backend)
     }
 
+    /// The URL with credentials and query values masked.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -97,6 +163,51 @@ impl Backend {
     /// The URL's path and query (`/` when the URL has none): provider APIs build on it.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    fn remember(&self, addrs: Vec<SocketAddr>) -> Arc<Vec<HttpPeer>> {
+        let sni = if self.tls { self.host.clone() } else { String::new() };
+        let peers: Vec<HttpPeer> = addrs
+            .into_iter()
+            .map(|addr| {
+                let mut peer = HttpPeer::new(addr, self.tls, sni.clone());
+                peer.options.connection_timeout = Some(Duration::from_secs(2));
+                peer.options.total_connection_timeout = Some(Duration::from_secs(3));
+                peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+                peer
+            })
+            .collect();
+        let peers = Arc::new(peers);
+        *self.peers.lock().expect("peer cache poisoned") = Resolved { at: Some(Instant::now()), peers: peers.clone() };
+        peers
+    }
+
+    /// The peers to try, resolving the host again once the last answer is [`RESOLVE_EVERY`] old.
+    /// A failed lookup keeps the last known addresses (logged): DNS trouble must not stop payments.
+    async fn peers(&self) -> Result<Arc<Vec<HttpPeer>>, ForwardError> {
+        {
+            let cached = self.peers.lock().expect("peer cache poisoned");
+            if cached.at.is_some_and(|at| at.elapsed() < RESOLVE_EVERY) {
+                return Ok(cached.peers.clone());
+            }
+        }
+        match tokio::net::lookup_host((self.host.as_str(), self.port)).await {
+            Ok(addrs) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                if !addrs.is_empty() {
+                    return Ok(self.remember(addrs));
+                }
+                tracing::warn!(backend = self.url, "host resolved to no address; using the last known ones");
+            }
+            Err(e) => tracing::warn!(backend = self.url, error = %e, "cannot resolve host; using the last known addresses"),
+        }
+        let mut cached = self.peers.lock().expect("peer cache poisoned");
+        // Retry the lookup after another interval, not on every request.
+        cached.at = Some(Instant::now());
+        if cached.peers.is_empty() {
+            return Err(ForwardError::Connect(format!("cannot resolve {}", self.host)));
+        }
+        Ok(cached.peers.clone())
     }
 }
 
@@ -167,15 +278,29 @@ impl Forwarder {
     ) -> Result<HttpReply, ForwardError> {
         let io = |e: Box<pingora::Error>| ForwardError::Io(e.to_string());
         let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(io)?;
-        req.insert_header("Host", &backend.host).map_err(io)?;
+        req.insert_header("Host", &backend.host_header).map_err(io)?;
         req.insert_header("User-Agent", "payhook").map_err(io)?;
+        if let Some(authorization) = &backend.authorization {
+            req.insert_header("Authorization", authorization).map_err(io)?;
+        }
         for (name, value) in headers {
             req.insert_header(name.to_string(), *value).map_err(io)?;
         }
         req.insert_header("Content-Length", body.len().to_string()).map_err(io)?;
 
-        let (mut session, _reused) =
-            self.connector.get_http_session(&backend.peer).await.map_err(|e| ForwardError::Connect(e.to_string()))?;
+        let peers = backend.peers().await?;
+        let mut connected = None;
+        let mut last_error = String::new();
+        for peer in peers.iter() {
+            match self.connector.get_http_session(peer).await {
+                Ok((session, _reused)) => {
+                    connected = Some((session, peer));
+                    break;
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        let (mut session, peer) = connected.ok_or(ForwardError::Connect(last_error))?;
         session.set_read_timeout(Some(timeout));
         session.set_write_timeout(Some(timeout));
         session.write_request_header(Box::new(req)).await.map_err(io)?;
@@ -194,7 +319,7 @@ impl Forwarder {
             }
             buf.extend_from_slice(&chunk);
         }
-        self.connector.release_http_session(session, &backend.peer, Some(IDLE_TIMEOUT)).await;
+        self.connector.release_http_session(session, peer, Some(IDLE_TIMEOUT)).await;
         Ok(HttpReply { status, headers, body: buf.freeze() })
     }
 }
@@ -231,8 +356,19 @@ mod tests {
     #[test]
     fn parses_backend_urls() {
         let b = Backend::parse("http://127.0.0.1:8081/pay/notify?x=1").unwrap();
-        assert_eq!((b.host.as_str(), b.path.as_str()), ("127.0.0.1:8081", "/pay/notify?x=1"));
+        assert_eq!((b.host_header.as_str(), b.path.as_str()), ("127.0.0.1:8081", "/pay/notify?x=1"));
         assert!(Backend::parse("ftp://127.0.0.1/").is_err());
         assert!(Backend::parse("http://no-such-host.invalid/").is_err());
+    }
+
+    #[test]
+    fn credentials_become_basic_auth_and_never_show() {
+        let b = Backend::parse("http://ops:s%40cret@127.0.0.1:8081/pay?token=T0KEN&plain").unwrap();
+        assert_eq!(b.url(), "http://***@127.0.0.1:8081/pay?token=***&plain");
+        assert_eq!(b.authorization.as_deref(), Some("Basic b3BzOnNAY3JldA=="));
+        assert_eq!((b.host_header.as_str(), b.path()), ("127.0.0.1:8081", "/pay?token=T0KEN&plain"));
+        assert!(!format!("{b:?}").contains("cret") && !format!("{b:?}").contains("T0KEN"));
+        let err = Backend::parse("ftp://ops:s3cret@127.0.0.1/?token=T0KEN").unwrap_err();
+        assert!(!err.contains("s3cret") && !err.contains("T0KEN"), "{err}");
     }
 }
