@@ -4,6 +4,7 @@ mod bounds;
 mod active;
 mod core;
 mod faults;
+mod integrity;
 mod leaks;
 mod examples;
 mod providers;

@@ -122,7 +122,12 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(handler: Handler) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0", handler).await
+    }
+
+    /// On a given address (another loopback address, a fixed port).
+    pub async fn start_on(addr: &str, handler: Handler) -> TestServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();

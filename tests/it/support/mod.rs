@@ -216,6 +216,42 @@ impl Payhook {
         assert!(status.success());
     }
 
+    /// Replaces the config file (then `signal("HUP")` reloads it).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(self.config_path()).unwrap()
+    }
+
+    /// pingora's graceful upgrade: a new process takes over the listeners (`run --upgrade`),
+    /// then the old one gets SIGQUIT. Returns the old process, still draining.
+    pub async fn upgrade(&mut self) -> Child {
+        let sock = self.dir.path().join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let mut cmd = payhook_command();
+        if let Some(level) = self.log_level {
+            cmd.env("PAYHOOK_LOG", level);
+        }
+        let new = cmd
+            .args(["run", "--upgrade", "--config"])
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn payhook --upgrade");
+        // The new process listens on the upgrade socket for the old one's listeners.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "the new process never opened {}:\n{}", sock.display(), self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.signal("QUIT");
+        std::mem::replace(&mut self.child, Some(new)).expect("running")
+    }
+
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
