@@ -4,7 +4,8 @@
 //! then resends every notification whose last answer was not success, until all are
 //! acknowledged. The promise under test: no order is acknowledged without the backend's
 //! `{"code":0}`; no order gets `{"code":0}` twice except in a crash window (at most one per
-//! kill); nothing is lost.
+//! kill); nothing is lost. Besides, 5 % of the notifications are copies of already claimed
+//! payments sent under the wrong type path: none of them may be forwarded or acknowledged.
 //!
 //! Size: `PAYHOOK_FAULT_ORDERS` orders (default 2000).
 
@@ -124,6 +125,23 @@ fn notifications(orders: usize, run: &str) -> (Vec<Notification>, usize) {
     (all, duplicates)
 }
 
+/// Copies of `originals` under the `vip` type path instead of `goods`.
+fn under_wrong_type(originals: &[Notification]) -> Vec<Notification> {
+    originals
+        .iter()
+        .map(|n| Notification { path: wrong_path(n.path), ..n.clone() })
+        .collect()
+}
+
+fn wrong_path(path: &'static str) -> &'static str {
+    match path {
+        "/notify/wx/goods" => "/notify/wx/vip",
+        "/notify/wxv2/goods" => "/notify/wxv2/vip",
+        "/notify/ali/goods" => "/notify/ali/vip",
+        other => panic!("no wrong-type path for {other}"),
+    }
+}
+
 /// Notifications in flight at once, over all instances. A SIGKILL can double-forward every
 /// order its instance holds between the backend's answer and the ledger write (measured: about
 /// one in seven in-flight orders is there); with ~2 per instance in flight, one kill stays
@@ -161,7 +179,11 @@ async fn no_double_forward_no_lost_order_under_faults() {
     let orders: usize = std::env::var("PAYHOOK_FAULT_ORDERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let mut redis = RedisServer::start_durable().await;
     let (backend, answered_ok) = faulty_backend(0x5EED_1234_ABCD_0001).await;
-    let mut cfg = config(&redis_ledger(&redis.url()), &backend.url("/pay/notify"), &accounts_toml());
+    let vip = format!(
+        "[routes.vip]\nbackend = \"{}\"\nenvelope = \"aes-256-ecb\"\nnotify_key = \"${{PAYHOOK_TEST_NOTIFY_KEY}}\"\ntimeout = \"1s\"\n",
+        backend.url("/pay/vip")
+    );
+    let mut cfg = config(&redis_ledger(&redis.url()), &backend.url("/pay/notify"), &format!("{}{vip}", accounts_toml()));
     cfg = cfg.replace("reply_budget = \"3s\"", "reply_budget = \"4.5s\"").replace("timeout = \"1s\"", "timeout = \"2s\"");
     let a = Payhook::start(&cfg).await;
     let mut b = a.sibling().await;
@@ -177,10 +199,19 @@ async fn no_double_forward_no_lost_order_under_faults() {
 
     // First pass in four slices, with a fault landing in the middle of slices 2 and 3.
     let slices: Vec<Vec<usize>> = (0..4).map(|s| (s * total / 4..(s + 1) * total / 4).collect()).collect();
+    // Payments of the first slice (claimed, so bound to `goods`, before any fault) are sent
+    // again under the wrong type during the faulty slices and once more at the end.
+    let wrong = Arc::new(under_wrong_type(&slices[0].iter().take(total / 20).map(|i| all[*i].clone()).collect::<Vec<_>>()));
+    let mut wrong_acked = 0;
     for (s, slice) in slices.into_iter().enumerate() {
         let sending = {
             let all = all.clone();
             tokio::spawn(async move { send_batch(&all, slice, &targets).await })
+        };
+        let sending_wrong = {
+            let wrong = wrong.clone();
+            let half: Vec<usize> = (0..wrong.len()).filter(|i| (s == 2 && i % 2 == 0) || (s == 3 && i % 2 == 1)).collect();
+            tokio::spawn(async move { send_batch(&wrong, half, &targets).await.len() })
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
         match s {
@@ -197,6 +228,7 @@ async fn no_double_forward_no_lost_order_under_faults() {
             _ => {}
         }
         acked.extend(sending.await.unwrap());
+        wrong_acked += sending_wrong.await.unwrap();
         if s == 2 {
             b.restart().await;
         }
@@ -212,6 +244,9 @@ async fn no_double_forward_no_lost_order_under_faults() {
         acked.extend(send_batch(&all, pending, &targets).await);
     }
 
+    wrong_acked += send_batch(&wrong, (0..wrong.len()).collect(), &targets).await.len();
+    let forwarded_to_wrong_type = backend.requests().iter().filter(|r| r.path == "/pay/vip").count();
+
     let answered = answered_ok.lock().unwrap().clone();
     for i in &acked {
         assert!(answered.get(&all[*i].order).copied().unwrap_or(0) >= 1, "order {} acknowledged without the backend's {{\"code\":0}}", all[*i].order);
@@ -219,12 +254,15 @@ async fn no_double_forward_no_lost_order_under_faults() {
     let twice: Vec<(&String, &u32)> = answered.iter().filter(|(_, n)| **n > 1).collect();
     println!(
         "fault suite: notifications={total} orders={orders} duplicates={duplicates} kills={kills} rounds={rounds} \
-         backend_requests={} backend_answered_twice={} {:?} elapsed={:.1}s",
+         backend_requests={} backend_answered_twice={} {:?} type_conflicts_sent={} type_conflicts_acked={wrong_acked} \
+         type_conflicts_forwarded={forwarded_to_wrong_type} elapsed={:.1}s",
         backend.count(),
         twice.len(),
         twice,
+        wrong.len() * 2,
         started.elapsed().as_secs_f64()
     );
+    assert_eq!((wrong_acked, forwarded_to_wrong_type), (0, 0), "a payment under the wrong type was acknowledged or forwarded");
     assert_eq!(answered.len(), orders, "every order reached the backend with {{\"code\":0}}");
     assert!(twice.len() <= kills, "double forwards outside crash windows: {twice:?}");
 }
