@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::flow::{Delivery, Gateway};
+use crate::config::Account;
+use crate::flow::{Delivery, Gateway, Source};
 use crate::forward::ForwardError;
 use crate::ledger::{LedgerError, OrderRecord, OrderState};
 use crate::metrics;
-use crate::order::NotifyMode;
-use crate::provider::QueryOutcome;
+use crate::provider::{ProviderError, QueryOutcome};
 
 /// How long a sync waits for a notification in flight by default, and at most (vk: 0.5 s, 40 s).
 pub const DEFAULT_AWAIT: Duration = Duration::from_millis(500);
@@ -82,7 +82,9 @@ impl SyncReport {
             (true, OrderState::Done, true) => "forwarded",
             (true, OrderState::Done, false) => "already_done",
             (true, OrderState::InFlight, _) => "in_flight",
-            (true, OrderState::None, _) => "backend_failed",
+            (true, OrderState::Quarantined, _) => "quarantined",
+            (true, OrderState::Dismissed, _) => "dismissed",
+            (true, OrderState::None | OrderState::Closed, _) => "backend_failed",
         }
     }
 }
@@ -98,19 +100,25 @@ pub struct ReplayReport {
 impl Gateway {
     /// Makes sure a paid order has reached its backend: ledger first, then a short wait for a
     /// notification in flight, then the provider's order-query API and the same delivery path.
-    pub async fn sync(&self, account: &str, out_trade_no: &str, order_type: &str, await_notify: Duration) -> Result<SyncReport, ActiveError> {
+    /// `order_type` may be left out for a registered order.
+    pub async fn sync(&self, account: &str, out_trade_no: &str, order_type: Option<&str>, await_notify: Duration) -> Result<SyncReport, ActiveError> {
         let routing = self.routing();
         let acct = routing.accounts.get(account).ok_or(ActiveError::UnknownAccount)?;
-        let route = routing.routes.get(order_type).ok_or(ActiveError::UnknownType)?;
+        if order_type.is_some_and(|t| !routing.routes.contains_key(t)) {
+            return Err(ActiveError::UnknownType);
+        }
         let key = acct.payment_id(out_trade_no);
         let waited_until = tokio::time::Instant::now() + await_notify.min(MAX_AWAIT);
         loop {
             match self.ledger().record(&key).await? {
-                Some(OrderRecord { order_type: Some(recorded), .. }) if recorded != order_type => {
-                    self.type_conflict(acct, &key, out_trade_no, order_type, &recorded);
+                // A claim bound an unregistered payment to its type; a registered one is checked
+                // (and quarantined when it disagrees) once the provider says it is paid.
+                Some(OrderRecord { order_type: Some(recorded), registered: false, .. }) if order_type.is_some_and(|t| t != recorded) => {
+                    self.type_conflict(acct, &key, out_trade_no, order_type.unwrap_or("-"), &recorded);
                     return Err(ActiveError::TypeMismatch { recorded });
                 }
                 Some(OrderRecord { state: OrderState::Done, .. }) => return Ok(SyncReport::done(false)),
+                Some(OrderRecord { registered: false, .. }) | None if order_type.is_none() => return Err(ActiveError::UnknownType),
                 _ => {}
             }
             if tokio::time::Instant::now() + AWAIT_POLL > waited_until {
@@ -119,6 +127,46 @@ impl Gateway {
             tokio::time::sleep(AWAIT_POLL).await;
         }
 
+        let paid = match self.query_order(acct, out_trade_no).await? {
+            QueryOutcome::NotPaid { trade_state } => {
+                return Ok(SyncReport {
+                    paid: false,
+                    state: OrderState::None,
+                    forwarded: false,
+                    user_order_success: None,
+                    trade_state: Some(trade_state),
+                    reason: None,
+                })
+            }
+            QueryOutcome::Paid(paid) => paid,
+        };
+        let timeout = order_type.and_then(|t| routing.routes.get(t)).map(|r| r.timeout).unwrap_or(routing.lease_for(None));
+        let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(1);
+        let not_done = |state, reason| SyncReport { paid: true, state, forwarded: false, user_order_success: None, trade_state: None, reason: Some(reason) };
+        Ok(match self.deliver_once(acct, order_type, paid, Source::Sync, deadline).await {
+            Delivery::Forwarded => SyncReport::done(true),
+            Delivery::TypeMismatch { recorded } => return Err(ActiveError::TypeMismatch { recorded }),
+            Delivery::Stale => not_done(OrderState::None, "stale"),
+            Delivery::Quarantined(reason) => not_done(OrderState::Quarantined, reason),
+            Delivery::Dismissed => not_done(OrderState::Dismissed, "dismissed"),
+            Delivery::Duplicate | Delivery::InFlight { settled: true } => SyncReport::done(false),
+            Delivery::InFlight { settled: false } => not_done(OrderState::InFlight, "in_flight"),
+            Delivery::BackendFailed(reason) => SyncReport {
+                paid: true,
+                state: OrderState::None,
+                forwarded: true,
+                user_order_success: Some(false),
+                trade_state: None,
+                reason: Some(reason),
+            },
+            Delivery::LedgerUnavailable => return Err(ActiveError::Ledger(LedgerError::Unavailable("during delivery".into()))),
+        })
+    }
+
+    /// Asks the provider about `out_trade_no` with the account's signed order query and
+    /// verifies the answer (sync and the sweep).
+    pub async fn query_order(&self, acct: &Account, out_trade_no: &str) -> Result<QueryOutcome, ActiveError> {
+        let account = acct.name.as_str();
         let request = acct.provider.order_query(out_trade_no, chrono::Utc::now().timestamp()).ok_or(ActiveError::QueryUnsupported)?;
         let started = Instant::now();
         let header_refs: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -134,54 +182,14 @@ impl Gateway {
                 _ => "query_failed",
             })
         })?;
-        let outcome = acct.provider.parse_order_query(out_trade_no, &reply, chrono::Utc::now().timestamp()).map_err(|e| {
+        acct.provider.parse_order_query(out_trade_no, &reply, chrono::Utc::now().timestamp()).map_err(|e| {
+            if let ProviderError::Throttled = e {
+                tracing::warn!(account, out_trade_no, "provider throttled the order query");
+                return ActiveError::Query("query_throttled");
+            }
             tracing::warn!(account, out_trade_no, error = %e, "provider order query answer rejected");
             metrics::VERIFY_FAILURES.with_label_values(&[account, e.reason()]).inc();
             ActiveError::Query("query_unverified")
-        })?;
-        let paid = match outcome {
-            QueryOutcome::NotPaid { trade_state } => {
-                return Ok(SyncReport {
-                    paid: false,
-                    state: OrderState::None,
-                    forwarded: false,
-                    user_order_success: None,
-                    trade_state: Some(trade_state),
-                    reason: None,
-                })
-            }
-            QueryOutcome::Paid(paid) => paid,
-        };
-        let deadline = tokio::time::Instant::now() + route.timeout + Duration::from_secs(1);
-        Ok(match self.deliver_once(acct, route, paid, NotifyMode::Active, deadline).await {
-            Delivery::Forwarded => SyncReport::done(true),
-            Delivery::TypeMismatch { recorded } => return Err(ActiveError::TypeMismatch { recorded }),
-            Delivery::Stale => SyncReport {
-                paid: true,
-                state: OrderState::None,
-                forwarded: false,
-                user_order_success: None,
-                trade_state: None,
-                reason: Some("stale"),
-            },
-            Delivery::Duplicate | Delivery::InFlight { settled: true } => SyncReport::done(false),
-            Delivery::InFlight { settled: false } => SyncReport {
-                paid: true,
-                state: OrderState::InFlight,
-                forwarded: false,
-                user_order_success: None,
-                trade_state: None,
-                reason: Some("in_flight"),
-            },
-            Delivery::BackendFailed(reason) => SyncReport {
-                paid: true,
-                state: OrderState::None,
-                forwarded: true,
-                user_order_success: Some(false),
-                trade_state: None,
-                reason: Some(reason),
-            },
-            Delivery::LedgerUnavailable => return Err(ActiveError::Ledger(LedgerError::Unavailable("during delivery".into()))),
         })
     }
 

@@ -77,6 +77,7 @@ impl ConfigDir {
 pub struct Config {
     pub server: ServerSettings,
     pub ledger: LedgerSettings,
+    pub reconcile: ReconcileSettings,
     pub accounts: HashMap<String, Account>,
     pub routes: HashMap<String, Route>,
     /// Every key and secret file the config read, for `payhook check`'s demo-key warning.
@@ -118,10 +119,27 @@ pub struct LedgerSettings {
     pub timeout: Duration,
 }
 
+/// `[reconcile]`: the sweep that queries the provider about registered, undelivered orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    pub enabled: bool,
+    /// The first query, this long after registration.
+    pub first_check: Duration,
+    /// Then every `interval`, doubling after each unpaid answer up to `max_interval`.
+    pub interval: Duration,
+    pub max_interval: Duration,
+    /// A registration's default `expires_in`: past it an unpaid order is closed.
+    pub give_up_after: Duration,
+    /// Per account, shared by every instance: providers throttle per merchant.
+    pub max_queries_per_second: u32,
+}
+
 /// A provider account: the `{account}` path segment.
 pub struct Account {
     pub name: String,
     pub provider: Arc<dyn Provider>,
+    /// A paid order that was never registered is quarantined (`unregistered`).
+    pub require_registration: bool,
 }
 
 impl Account {
@@ -145,6 +163,8 @@ pub struct Route {
 struct RawConfig {
     server: RawServer,
     ledger: RawLedger,
+    #[serde(default)]
+    reconcile: RawReconcile,
     #[serde(default)]
     accounts: HashMap<String, toml::Table>,
     #[serde(default)]
@@ -190,6 +210,51 @@ struct RawLedger {
     dedupe_horizon: Duration,
     #[serde(default = "default_ledger_timeout", with = "humantime_serde")]
     timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    enabled: Option<bool>,
+    #[serde(default = "default_first_check", with = "humantime_serde")]
+    first_check: Duration,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    interval: Duration,
+    #[serde(default = "default_max_interval", with = "humantime_serde")]
+    max_interval: Duration,
+    #[serde(default = "default_give_up_after", with = "humantime_serde")]
+    give_up_after: Duration,
+    #[serde(default = "default_max_qps")]
+    max_queries_per_second: u32,
+}
+
+impl Default for RawReconcile {
+    fn default() -> Self {
+        RawReconcile {
+            enabled: None,
+            first_check: default_first_check(),
+            interval: default_interval(),
+            max_interval: default_max_interval(),
+            give_up_after: default_give_up_after(),
+            max_queries_per_second: default_max_qps(),
+        }
+    }
+}
+
+fn default_first_check() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_interval() -> Duration {
+    Duration::from_secs(1800)
+}
+fn default_give_up_after() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_qps() -> u32 {
+    10
 }
 
 #[derive(Deserialize)]
@@ -328,8 +393,13 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
     check_ledger_timing(&ledger, server.reply_budget)?;
 
     let mut accounts = HashMap::new();
-    for (name, table) in raw.accounts {
+    for (name, mut table) in raw.accounts {
         check_segment(&format!("accounts.{name}"), &name)?;
+        let require_registration = match table.remove("require_registration") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(_) => return Err(ConfigError::invalid(format!("accounts.{name}.require_registration"), "must be true or false")),
+        };
         let provider = provider::build(&name, table, dir)?;
         if let Some(limit) = provider.reply_timeout().filter(|limit| server.reply_budget >= *limit) {
             return Err(ConfigError::invalid(
@@ -337,7 +407,7 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
                 format!("must be below {}'s own reply timeout ({}) for account {name}", provider.kind(), humantime::format_duration(limit)),
             ));
         }
-        accounts.insert(name.clone(), Account { name, provider });
+        accounts.insert(name.clone(), Account { name, provider, require_registration });
     }
     if accounts.is_empty() {
         return Err(ConfigError::invalid("accounts", "at least one provider account is required"));
@@ -371,7 +441,31 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
             format!("must outlive the longest lease (route timeout + {}s)", LEASE_MARGIN.as_secs()),
         ));
     }
-    Ok(Config { server, ledger, accounts, routes, files_read: Vec::new() })
+    let r = raw.reconcile;
+    let can_query = accounts.values().any(|a| a.provider.can_query());
+    if r.enabled == Some(true) && !can_query {
+        return Err(ConfigError::invalid("reconcile.enabled", "no account has order-query credentials (api_base and keys)"));
+    }
+    for (key, value) in [("reconcile.first_check", r.first_check), ("reconcile.interval", r.interval), ("reconcile.give_up_after", r.give_up_after)] {
+        if value.is_zero() {
+            return Err(ConfigError::invalid(key, "must be above 0"));
+        }
+    }
+    if r.max_interval < r.interval {
+        return Err(ConfigError::invalid("reconcile.max_interval", "must be at least reconcile.interval"));
+    }
+    if r.max_queries_per_second == 0 {
+        return Err(ConfigError::invalid("reconcile.max_queries_per_second", "must be at least 1"));
+    }
+    let reconcile = ReconcileSettings {
+        enabled: r.enabled.unwrap_or(can_query),
+        first_check: r.first_check,
+        interval: r.interval,
+        max_interval: r.max_interval,
+        give_up_after: r.give_up_after,
+        max_queries_per_second: r.max_queries_per_second,
+    };
+    Ok(Config { server, ledger, reconcile, accounts, routes, files_read: Vec::new() })
 }
 
 /// The smallest `dedupe_horizon`: providers speak about an order for months (Alipay's

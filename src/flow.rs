@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use serde_json::{Map, Value};
 use tokio::time::timeout_at;
 
 use crate::config::{Account, Config, Route};
 use crate::forward::Forwarder;
-use crate::ledger::{Claim, ClaimRequest, Ledger, LedgerError, OrderState, PaymentId};
+use crate::ledger::{quarantine_reason, Claim, ClaimRequest, Index, Lease, Ledger, LedgerError, OrderState, PaymentId, QuarantineInfo};
 use crate::metrics;
 use crate::order::{order_data, NotifyMode};
 use crate::provider::{Answer, Inbound, PaidOrder, Reply, Verified};
@@ -46,6 +47,10 @@ pub enum Outcome {
     Stale,
     /// The payment is bound to another type: failure reply, never forwarded.
     TypeMismatch,
+    /// Held for an operator (amount or type against the registration, or unregistered).
+    Quarantined(&'static str),
+    /// Dismissed by an operator: acknowledged, never forwarded.
+    Dismissed,
     Rejected(&'static str),
     BackendFailed(&'static str),
     LedgerUnavailable,
@@ -60,6 +65,8 @@ impl Outcome {
             Outcome::NotPaid => "not_paid",
             Outcome::Stale => "stale",
             Outcome::TypeMismatch => "type_mismatch",
+            Outcome::Quarantined(_) => "quarantined",
+            Outcome::Dismissed => "dismissed",
             Outcome::Rejected(_) => "rejected",
             Outcome::BackendFailed(_) => "backend_failed",
             Outcome::LedgerUnavailable => "ledger_unavailable",
@@ -68,20 +75,25 @@ impl Outcome {
 
     pub fn answer(&self) -> Answer {
         match self {
-            Outcome::Forwarded | Outcome::Duplicate | Outcome::NotPaid | Outcome::Stale | Outcome::InFlight { settled: true } => {
-                Answer::Success
-            }
+            Outcome::Forwarded
+            | Outcome::Duplicate
+            | Outcome::NotPaid
+            | Outcome::Stale
+            | Outcome::Dismissed
+            | Outcome::InFlight { settled: true } => Answer::Success,
             Outcome::Rejected(_) => Answer::Rejected,
-            Outcome::InFlight { settled: false } | Outcome::TypeMismatch | Outcome::BackendFailed(_) | Outcome::LedgerUnavailable => {
-                Answer::Retry
-            }
+            Outcome::InFlight { settled: false }
+            | Outcome::TypeMismatch
+            | Outcome::Quarantined(_)
+            | Outcome::BackendFailed(_)
+            | Outcome::LedgerUnavailable => Answer::Retry,
         }
     }
 
     /// The short reason a provider sees in a failure reply: a fixed label, nothing more.
     pub fn reason(&self) -> &'static str {
         match self {
-            Outcome::Rejected(r) | Outcome::BackendFailed(r) => r,
+            Outcome::Rejected(r) | Outcome::BackendFailed(r) | Outcome::Quarantined(r) => r,
             Outcome::InFlight { settled: false } => "in_flight",
             Outcome::LedgerUnavailable => "ledger_unavailable",
             Outcome::TypeMismatch => "type_mismatch",
@@ -97,6 +109,8 @@ pub enum Delivery {
     Duplicate,
     Stale,
     TypeMismatch { recorded: String },
+    Quarantined(&'static str),
+    Dismissed,
     InFlight { settled: bool },
     BackendFailed(&'static str),
     LedgerUnavailable,
@@ -109,6 +123,8 @@ impl From<Delivery> for Outcome {
             Delivery::Duplicate => Outcome::Duplicate,
             Delivery::Stale => Outcome::Stale,
             Delivery::TypeMismatch { .. } => Outcome::TypeMismatch,
+            Delivery::Quarantined(reason) => Outcome::Quarantined(reason),
+            Delivery::Dismissed => Outcome::Dismissed,
             Delivery::InFlight { settled } => Outcome::InFlight { settled },
             Delivery::BackendFailed(r) => Outcome::BackendFailed(r),
             Delivery::LedgerUnavailable => Outcome::LedgerUnavailable,
@@ -139,6 +155,16 @@ pub struct Routing {
 impl Routing {
     fn from_config(config: Config) -> Self {
         Routing { accounts: config.accounts, routes: config.routes, admin_tokens: config.server.admin_tokens }
+    }
+
+    /// A lease outlives the type's backend timeout (the longest one when the type comes from
+    /// the registration).
+    pub fn lease_for(&self, order_type: Option<&str>) -> Duration {
+        let timeout = match order_type.and_then(|t| self.routes.get(t)) {
+            Some(route) => route.timeout,
+            None => self.routes.values().map(|r| r.timeout).max().unwrap_or_default(),
+        };
+        timeout + LEASE_MARGIN
     }
 }
 
@@ -185,13 +211,15 @@ impl Gateway {
         self.routing.store(Arc::new(Routing::from_config(config)));
     }
 
-    /// Handles `POST /notify/{account}/{type}` with the exact body bytes.
-    pub async fn notify(&self, account: &str, order_type: &str, headers: &http::HeaderMap, body: &[u8]) -> Result<Decision, NotFound> {
+    /// Handles `POST /notify/{account}/{type}` (or `/notify/{account}`: the registered type) with
+    /// the exact body bytes.
+    pub async fn notify(&self, account: &str, order_type: Option<&str>, headers: &http::HeaderMap, body: &[u8]) -> Result<Decision, NotFound> {
         let started = Instant::now();
         let routing = self.routing();
-        let (Some(acct), Some(route)) = (routing.accounts.get(account), routing.routes.get(order_type)) else {
+        let Some(acct) = routing.accounts.get(account) else { return Err(NotFound) };
+        if order_type.is_some_and(|t| !routing.routes.contains_key(t)) {
             return Err(NotFound);
-        };
+        }
         let deadline = tokio::time::Instant::from_std(started + self.reply_budget);
         let inbound = Inbound { headers, body, now: chrono::Utc::now().timestamp() };
         let mut out_trade_no = None;
@@ -212,16 +240,17 @@ impl Gateway {
             }
             Ok(Verified::Paid(paid)) => {
                 out_trade_no = Some(paid.out_trade_no.clone());
-                match timeout_at(deadline, self.deliver_once(acct, route, paid, NotifyMode::Notification, deadline)).await {
+                match timeout_at(deadline, self.deliver_once(acct, order_type, paid, Source::Notification, deadline)).await {
                     Ok(delivery) => delivery.into(),
                     Err(_) => Outcome::BackendFailed("reply_budget"),
                 }
             }
         };
-        metrics::NOTIFICATIONS.with_label_values(&[account, order_type, outcome.label()]).inc();
+        let type_label = order_type.unwrap_or("-");
+        metrics::NOTIFICATIONS.with_label_values(&[account, type_label, outcome.label()]).inc();
         tracing::info!(
             account,
-            r#type = order_type,
+            r#type = type_label,
             out_trade_no = out_trade_no.as_deref().unwrap_or("-"),
             outcome = outcome.label(),
             reason = outcome.reason(),
@@ -233,12 +262,13 @@ impl Gateway {
 
     /// The dedupe gate and the forward: the backend sees this order at most once while the
     /// ledger holds, and a failure gives the order back so the provider's retry forwards again.
+    /// `order_type` is what the URL or the sync names; `None` takes the registered type.
     pub async fn deliver_once(
         &self,
         acct: &Account,
-        route: &Route,
+        order_type: Option<&str>,
         paid: PaidOrder,
-        mode: NotifyMode,
+        source: Source,
         deadline: tokio::time::Instant,
     ) -> Delivery {
         let account = acct.name.as_str();
@@ -252,45 +282,172 @@ impl Gateway {
             tracing::warn!(account, out_trade_no = paid.out_trade_no, "paid before the dedupe horizon; acknowledged, not forwarded");
             return Delivery::Stale;
         }
-        let request = ClaimRequest { order_type: &route.name, total_fee: paid.total_fee, lease_for: route.timeout + LEASE_MARGIN, mode };
-        let lease = match self.ledger.claim(&key, request).await {
-            Ok(Claim::Owned(lease)) => lease,
+        let routing = self.routing();
+        let request = ClaimRequest {
+            order_type,
+            total_fee: paid.total_fee,
+            lease_for: routing.lease_for(order_type),
+            mode: source.mode(),
+            require_registration: acct.require_registration,
+        };
+        let owned = match self.ledger.claim(&key, request).await {
+            Ok(Claim::Owned(owned)) => owned,
             Ok(Claim::Done) => return Delivery::Duplicate,
             Ok(Claim::InFlight) => return self.await_owner(&key, deadline).await,
             Ok(Claim::TypeMismatch { recorded }) => {
-                self.type_conflict(acct, &key, &paid.out_trade_no, &route.name, &recorded);
+                self.type_conflict(acct, &key, &paid.out_trade_no, order_type.unwrap_or("-"), &recorded);
                 return Delivery::TypeMismatch { recorded };
             }
+            Ok(Claim::Quarantine { reason, registered_type, registered_total_fee }) => {
+                let shown_type = order_type.or(registered_type.as_deref()).unwrap_or("-").to_string();
+                let data = order_data(paid, &shown_type, source.mode(), now_ms);
+                let info = QuarantineInfo {
+                    reason: reason.to_string(),
+                    notified_type: order_type.map(str::to_string),
+                    notified_total_fee: data.get("total_fee").and_then(Value::as_u64).unwrap_or(0),
+                    registered_type,
+                    registered_total_fee,
+                    at_ms: now_ms,
+                    order_data: serde_json::to_string(&data).expect("a JSON map serialises"),
+                };
+                return match self.ledger.quarantine(&key, &info).await {
+                    Ok(first) => {
+                        if first {
+                            self.quarantined(acct, &key, &shown_type, &info).await;
+                        }
+                        Delivery::Quarantined(reason)
+                    }
+                    Err(e) => ledger_failed(&key, "quarantine", e),
+                };
+            }
+            Ok(Claim::Quarantined { reason }) => return Delivery::Quarantined(quarantine_reason(&reason)),
+            Ok(Claim::Dismissed) => return Delivery::Dismissed,
             // Fail closed: without the gate we cannot promise "once", so the provider retries.
             Err(e) => return ledger_failed(&key, "claim", e),
         };
-
-        let data = order_data(paid, &route.name, mode, now_ms);
+        let pay_date = paid.pay_date.as_i64();
+        let mut data = order_data(paid, &owned.order_type, source.mode(), now_ms);
+        merge_fields(&mut data, owned.fields.as_deref());
         let stored = serde_json::to_string(&data).expect("a JSON map serialises");
+        let delivery = self.forward_and_settle(&key, &owned.lease, &owned.order_type, stored, deadline).await;
+        if delivery == Delivery::Forwarded {
+            if let Some(paid_at) = pay_date {
+                let seconds = (now_ms - paid_at).max(0) as f64 / 1e3;
+                metrics::PAYMENT_TO_DELIVERY.with_label_values(&[account, source.label()]).observe(seconds);
+            }
+            if owned.registered {
+                self.forget_pending(account, &key).await;
+            }
+        }
+        delivery
+    }
+
+    /// Forwards the order data of an owned claim and settles the ledger.
+    async fn forward_and_settle(&self, key: &PaymentId, lease: &Lease, order_type: &str, stored: String, deadline: tokio::time::Instant) -> Delivery {
+        let routing = self.routing();
+        let Some(route) = routing.routes.get(order_type) else {
+            // The type's route left the config since the payment was bound to it.
+            tracing::error!(key = %key, r#type = order_type, "no route for the payment's type; not forwarded");
+            if let Err(e) = self.settle(deadline, || self.ledger.release(key, lease, "unknown_type")).await {
+                ledger_failed(key, "release", e);
+            }
+            return Delivery::BackendFailed("unknown_type");
+        };
         let body = route.envelope.seal(&stored);
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).saturating_sub(settle_reserve(self.ledger_timeout));
-        let result = self.forward(route, body, route.timeout.min(remaining)).await;
-
-        match result {
+        match self.forward(route, body, route.timeout.min(remaining)).await {
             Ok(()) => {
-                match self.settle(deadline, || self.ledger.complete(&key, &lease, &stored)).await {
+                match self.settle(deadline, || self.ledger.complete(key, lease, &stored)).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!(key = %key, "lease was taken over before completion; backend already accepted"),
                     // The backend accepted the order, so the provider hears success; the lease
                     // expires and a later duplicate may forward again (at-least-once).
                     Err(e) => {
-                        ledger_failed(&key, "complete", e);
+                        ledger_failed(key, "complete", e);
                     }
                 }
                 Delivery::Forwarded
             }
             Err(reason) => {
-                if let Err(e) = self.settle(deadline, || self.ledger.release(&key, &lease, reason)).await {
-                    ledger_failed(&key, "release", e);
+                if let Err(e) = self.settle(deadline, || self.ledger.release(key, lease, reason)).await {
+                    ledger_failed(key, "release", e);
                 }
                 Delivery::BackendFailed(reason)
             }
         }
+    }
+
+    /// A newly quarantined payment: counted, logged once at error level, listed for operators.
+    async fn quarantined(&self, acct: &Account, key: &PaymentId, order_type: &str, info: &QuarantineInfo) {
+        metrics::QUARANTINED.with_label_values(&[&acct.name, order_type, &info.reason]).inc();
+        tracing::error!(
+            account = acct.name,
+            key = %key,
+            reason = info.reason,
+            notified_type = info.notified_type.as_deref().unwrap_or("-"),
+            notified_total_fee = info.notified_total_fee,
+            registered_type = info.registered_type.as_deref().unwrap_or("-"),
+            registered_total_fee = info.registered_total_fee.unwrap_or(0),
+            "paid order quarantined; not forwarded until an operator resolves it"
+        );
+        if let Err(e) = self.ledger.index_put(Index::Quarantined, &acct.name, key, info.at_ms).await {
+            tracing::warn!(key = %key, error = %e, "quarantine list not updated");
+        }
+        self.forget_pending(&acct.name, key).await;
+    }
+
+    /// Takes a registered order off the sweep's lists (best effort: the sweep also drops what
+    /// it finds settled).
+    pub(crate) async fn forget_pending(&self, account: &str, key: &PaymentId) {
+        for index in [Index::Pending, Index::Due] {
+            if let Err(e) = self.ledger.index_remove(index, account, key).await {
+                tracing::warn!(key = %key, error = %e, "pending list not updated");
+            }
+        }
+    }
+
+    /// An operator's `resolve forward`: the quarantined order through the normal gate, under
+    /// `as_type` (default: the registered type, else the notified one).
+    pub async fn resolve_forward(&self, acct: &Account, out_trade_no: &str, as_type: Option<&str>) -> Result<Delivery, ResolveError> {
+        let key = acct.payment_id(out_trade_no);
+        let record = self.ledger.record(&key).await?.filter(|r| r.state == OrderState::Quarantined).ok_or(ResolveError::NotQuarantined)?;
+        let q = record.quarantine.unwrap_or_else(|| unreachable_quarantine(&key));
+        let order_type = as_type
+            .map(str::to_string)
+            .or(q.registered_type.clone())
+            .or(q.notified_type.clone())
+            .ok_or(ResolveError::TypeNeeded)?;
+        if !self.routing().routes.contains_key(&order_type) {
+            return Err(ResolveError::UnknownType);
+        }
+        let stored = self.ledger.resolve(&key, Some(&order_type)).await?.ok_or(ResolveError::NotQuarantined)?;
+        let mut data: Map<String, Value> = serde_json::from_str(&stored).map_err(|_| ResolveError::NotQuarantined)?;
+        data.insert("type".into(), order_type.clone().into());
+        let request = ClaimRequest {
+            order_type: Some(&order_type),
+            total_fee: q.notified_total_fee,
+            lease_for: self.routing().lease_for(Some(&order_type)),
+            mode: NotifyMode::Active,
+            require_registration: false,
+        };
+        let deadline = tokio::time::Instant::now() + self.reply_budget;
+        let owned = match self.ledger.claim(&key, request).await? {
+            Claim::Owned(owned) => owned,
+            Claim::Done => return Ok(Delivery::Duplicate),
+            other => return Err(ResolveError::Busy(format!("{other:?}"))),
+        };
+        merge_fields(&mut data, owned.fields.as_deref());
+        let stored = serde_json::to_string(&data).expect("a JSON map serialises");
+        self.ledger.index_remove(Index::Quarantined, &acct.name, &key).await?;
+        Ok(self.forward_and_settle(&key, &owned.lease, &order_type, stored, deadline).await)
+    }
+
+    /// An operator's `resolve dismiss`: the next provider retry is acknowledged, never forwarded.
+    pub async fn resolve_dismiss(&self, acct: &Account, out_trade_no: &str) -> Result<(), ResolveError> {
+        let key = acct.payment_id(out_trade_no);
+        self.ledger.resolve(&key, None).await?.ok_or(ResolveError::NotQuarantined)?;
+        self.ledger.index_remove(Index::Quarantined, &acct.name, &key).await?;
+        Ok(())
     }
 
     /// A payment asked for under another type than the one the ledger bound it to: counted and
@@ -356,6 +513,67 @@ impl Gateway {
                 return Delivery::InFlight { settled: false };
             }
             tokio::time::sleep(IN_FLIGHT_POLL).await;
+        }
+    }
+}
+
+fn unreachable_quarantine(key: &PaymentId) -> QuarantineInfo {
+    tracing::warn!(key = %key, "quarantined record without its details");
+    QuarantineInfo {
+        reason: String::new(),
+        notified_type: None,
+        notified_total_fee: 0,
+        registered_type: None,
+        registered_total_fee: None,
+        at_ms: 0,
+        order_data: "{}".into(),
+    }
+}
+
+/// Merges a registration's `fields` into the order data at the top level, never over a field
+/// payhook derived from the provider.
+fn merge_fields(data: &mut Map<String, Value>, fields: Option<&str>) {
+    let Some(Ok(Value::Object(extra))) = fields.map(serde_json::from_str::<Value>) else { return };
+    for (name, value) in extra {
+        data.entry(name).or_insert(value);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("the order is not quarantined")]
+    NotQuarantined,
+    #[error("the order has no registered or notified type: name one")]
+    TypeNeeded,
+    #[error("unknown type")]
+    UnknownType,
+    #[error("the order is busy: {0}")]
+    Busy(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Where a delivery comes from: the `source` label, and vk's `notify_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Notification,
+    Sync,
+    Sweep,
+}
+
+impl Source {
+    pub fn mode(&self) -> NotifyMode {
+        match self {
+            Source::Notification => NotifyMode::Notification,
+            Source::Sync | Source::Sweep => NotifyMode::Active,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Source::Notification => "notification",
+            Source::Sync => "sync",
+            Source::Sweep => "sweep",
         }
     }
 }

@@ -30,12 +30,16 @@ impl NotifyApp {
     }
 }
 
-/// `/notify/{account}/{type}` → (account, type).
-pub fn parse_notify_path(path: &str) -> Option<(&str, &str)> {
+/// `/notify/{account}/{type}` → (account, type); `/notify/{account}` → (account, None): the
+/// registered type decides, as vk-uni-pay reads it from the order row.
+pub fn parse_notify_path(path: &str) -> Option<(&str, Option<&str>)> {
     let rest = path.strip_prefix("/notify/")?;
-    let (account, order_type) = rest.split_once('/')?;
-    let order_type = order_type.strip_suffix('/').unwrap_or(order_type);
-    if account.is_empty() || order_type.is_empty() || order_type.contains('/') {
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (account, order_type) = match rest.split_once('/') {
+        Some((account, order_type)) => (account, Some(order_type)),
+        None => (rest, None),
+    };
+    if account.is_empty() || order_type.is_some_and(|t| t.is_empty() || t.contains('/')) {
         return None;
     }
     Some((account, order_type))
@@ -100,7 +104,7 @@ impl ServeHttp for NotifyApp {
             return plain(405, "method not allowed");
         }
         let routing = self.gateway.routing();
-        if !routing.accounts.contains_key(account) || !routing.routes.contains_key(order_type) {
+        if !routing.accounts.contains_key(account) || order_type.is_some_and(|t| !routing.routes.contains_key(t)) {
             metrics::NOTIFICATIONS.with_label_values(&["-", "-", "not_found"]).inc();
             tracing::warn!(path, "notification for an unknown account or type");
             session.set_keepalive(None);
@@ -116,7 +120,7 @@ impl ServeHttp for NotifyApp {
                     BodyError::Timeout => (408, "request timeout"),
                     BodyError::Io => (400, "bad request"),
                 };
-                tracing::warn!(account, r#type = order_type, status, "notification body not read");
+                tracing::warn!(account, r#type = order_type.unwrap_or("-"), status, "notification body not read");
                 return plain(status, text);
             }
         };
@@ -133,9 +137,11 @@ mod tests {
 
     #[test]
     fn notify_paths() {
-        assert_eq!(parse_notify_path("/notify/wx-main/goods"), Some(("wx-main", "goods")));
-        assert_eq!(parse_notify_path("/notify/wx-main/goods/"), Some(("wx-main", "goods")));
-        assert_eq!(parse_notify_path("/notify/wx-main"), None);
+        assert_eq!(parse_notify_path("/notify/wx-main/goods"), Some(("wx-main", Some("goods"))));
+        assert_eq!(parse_notify_path("/notify/wx-main/goods/"), Some(("wx-main", Some("goods"))));
+        assert_eq!(parse_notify_path("/notify/wx-main"), Some(("wx-main", None)));
+        assert_eq!(parse_notify_path("/notify/wx-main/"), Some(("wx-main", None)));
+        assert_eq!(parse_notify_path("/notify/"), None);
         assert_eq!(parse_notify_path("/notify//goods"), None);
         assert_eq!(parse_notify_path("/notify/a/b/c"), None);
         assert_eq!(parse_notify_path("/other/a/b"), None);

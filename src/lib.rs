@@ -15,6 +15,8 @@
 //! - [`forward`]: the HTTP call to the backend over pingora's pooled connector.
 //! - [`flow`]: verify → claim → envelope → forward → settle, as plain async Rust.
 //! - [`active`]: the active trigger (query the provider, deliver through the same gate) and re-push.
+//! - [`reconcile`]: order registration and the sweep that queries the provider about
+//!   registered orders whose notification is late or lost.
 //! - [`gateway`]: pingora glue for the notify listener (bytes in, reply out).
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` and the admin API.
 //! - [`metrics`]: every Prometheus metric, defined in one place.
@@ -34,6 +36,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod order;
 pub mod provider;
+pub mod reconcile;
 pub mod reload;
 pub mod secret;
 pub mod server;

@@ -3,7 +3,10 @@
 //! garbage cannot grow the series count.
 
 use once_cell::sync::Lazy;
-use prometheus::{register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec, IntCounter, IntCounterVec};
+use prometheus::{
+    register_gauge_vec, register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec, GaugeVec, HistogramVec,
+    IntCounter, IntCounterVec, IntGaugeVec,
+};
 
 /// One per handled notification; `outcome` is [`crate::flow::Outcome::label`].
 pub static NOTIFICATIONS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -69,6 +72,44 @@ pub static UNPARSED_FIELDS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+/// Paid orders held for an operator; `reason` = amount_mismatch | type_mismatch | unregistered.
+pub static QUARANTINED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!("payhook_quarantined_total", "Paid orders quarantined, by reason", &["account", "type", "reason"])
+        .expect("metric registers once")
+});
+
+/// The sweep's provider queries; `result` = paid | not_paid | closed | error | throttled.
+pub static RECONCILE_QUERIES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!("payhook_reconcile_queries_total", "Order queries made by the reconciliation sweep", &["account", "result"])
+        .expect("metric registers once")
+});
+
+pub static ORDERS_PENDING: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register_int_gauge_vec!("payhook_orders_pending", "Registered orders not yet delivered, closed or given up", &["account"])
+        .expect("metric registers once")
+});
+
+pub static OLDEST_PENDING: Lazy<GaugeVec> = Lazy::new(|| {
+    register_gauge_vec!("payhook_oldest_pending_seconds", "Age of the oldest pending registered order", &["account"])
+        .expect("metric registers once")
+});
+
+/// Paid orders the sweep delivered: each one a lost or late notification.
+pub static RECOVERED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!("payhook_recovered_total", "Paid orders delivered by the reconciliation sweep", &["account", "type"])
+        .expect("metric registers once")
+});
+
+pub static PAYMENT_TO_DELIVERY: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "payhook_payment_to_delivery_seconds",
+        "From the provider's payment time to the backend's code 0",
+        &["account", "source"],
+        vec![1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0]
+    )
+    .expect("metric registers once")
+});
+
 /// Forces registration so `/metrics` lists every family from the start.
 pub fn init() {
     Lazy::force(&NOTIFICATIONS);
@@ -81,6 +122,12 @@ pub fn init() {
     Lazy::force(&REPLAYS);
     Lazy::force(&TYPE_CONFLICTS);
     Lazy::force(&UNPARSED_FIELDS);
+    Lazy::force(&QUARANTINED);
+    Lazy::force(&RECONCILE_QUERIES);
+    Lazy::force(&ORDERS_PENDING);
+    Lazy::force(&OLDEST_PENDING);
+    Lazy::force(&RECOVERED);
+    Lazy::force(&PAYMENT_TO_DELIVERY);
 }
 
 /// The Prometheus text exposition of every registered metric.

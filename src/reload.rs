@@ -17,7 +17,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Config, LedgerSettings, ServerSettings};
+use crate::config::{Config, LedgerSettings, ReconcileSettings, ServerSettings};
 use crate::flow::Gateway;
 
 pub struct Reloader {
@@ -26,16 +26,17 @@ pub struct Reloader {
     /// The settings in force since start-up, which a reload cannot change.
     server: ServerSettings,
     ledger: LedgerSettings,
+    reconcile: ReconcileSettings,
 }
 
 impl Reloader {
-    pub fn new(gateway: Arc<Gateway>, config_path: PathBuf, startup: &(ServerSettings, LedgerSettings)) -> Self {
-        Reloader { gateway, config_path, server: startup.0.clone(), ledger: startup.1.clone() }
+    pub fn new(gateway: Arc<Gateway>, config_path: PathBuf, startup: &(ServerSettings, LedgerSettings, ReconcileSettings)) -> Self {
+        Reloader { gateway, config_path, server: startup.0.clone(), ledger: startup.1.clone(), reconcile: startup.2.clone() }
     }
 }
 
 /// The config keys whose new value needs a restart or an upgrade to take effect.
-pub fn restart_only_changes(server: &ServerSettings, ledger: &LedgerSettings, new: &Config) -> Vec<&'static str> {
+pub fn restart_only_changes(server: &ServerSettings, ledger: &LedgerSettings, reconcile: &ReconcileSettings, new: &Config) -> Vec<&'static str> {
     let (s, l) = (&new.server, &new.ledger);
     let checks = [
         ("server.listen", server.listen != s.listen),
@@ -53,6 +54,7 @@ pub fn restart_only_changes(server: &ServerSettings, ledger: &LedgerSettings, ne
         ("ledger.done_ttl", ledger.done_ttl != l.done_ttl),
         ("ledger.dedupe_horizon", ledger.dedupe_horizon != l.dedupe_horizon),
         ("ledger.timeout", ledger.timeout != l.timeout),
+        ("reconcile", reconcile != &new.reconcile),
     ];
     checks.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
 }
@@ -76,7 +78,7 @@ impl BackgroundService for Reloader {
             // Reading files and resolving backend hosts blocks: keep it off the runtime's workers.
             match tokio::task::spawn_blocking(move || Config::load(&path)).await {
                 Ok(Ok(config)) => {
-                    for key in restart_only_changes(&self.server, &self.ledger, &config) {
+                    for key in restart_only_changes(&self.server, &self.ledger, &self.reconcile, &config) {
                         tracing::warn!(key, "changed in the config, but takes effect only after a restart or graceful upgrade");
                     }
                     let (accounts, routes, tokens) = (config.accounts.len(), config.routes.len(), config.server.admin_tokens.len());

@@ -18,6 +18,7 @@ use crate::ledger::embedded::Embedded;
 use crate::ledger::redis::RedisLedger;
 use crate::ledger::{Ledger, LedgerError, Retention};
 use crate::metrics;
+use crate::reconcile::Sweep;
 use crate::reload::{HandOver, Reloader};
 
 /// Opens the configured ledger (the embedded file is opened here; Redis connects lazily).
@@ -66,19 +67,22 @@ pub fn build_server(config: Config, config_path: &Path, opt: Option<Opt>) -> Res
 
     let ledger = open_ledger(&config, take_over)?;
     let forwarder = Arc::new(Forwarder::new(s.upstream_ca_file.as_ref().map(|p| p.display().to_string())));
-    let config_startup = (config.server.clone(), config.ledger.clone());
+    let config_startup = (config.server.clone(), config.ledger.clone(), config.reconcile.clone());
+    let reconcile = config.reconcile.clone();
     let gateway = Arc::new(Gateway::new(config, ledger, forwarder));
 
     let mut notify = Service::new("payhook notify".to_string(), NotifyApp::new(gateway.clone(), s.body_limit, s.body_timeout));
     notify.add_tcp(&s.listen);
     let reloader = Reloader::new(gateway.clone(), config_path.to_path_buf(), &config_startup);
     let hand_over = HandOver { gateway: gateway.clone() };
-    let mut admin = Service::new("payhook admin".to_string(), AdminApp::new(gateway));
+    let sweep = Sweep { gateway: gateway.clone(), settings: reconcile.clone() };
+    let mut admin = Service::new("payhook admin".to_string(), AdminApp::new(gateway, reconcile));
     admin.add_tcp(&s.admin_listen);
     admin.threads = Some(1);
     server.add_service(notify);
     server.add_service(admin);
     server.add_service(background_service("payhook reload", reloader));
     server.add_service(background_service("payhook upgrade hand-over", hand_over));
+    server.add_service(background_service("payhook reconcile", sweep));
     Ok(server)
 }

@@ -11,6 +11,7 @@
 //! receives SIGQUIT ([`Ledger::hand_over`]); a process started with `--upgrade` starts shared and
 //! turns exclusive as soon as it holds the instance lock, i.e. once the old process has exited.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -22,9 +23,16 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{bounded, millis, now_ms, Claim, ClaimRequest, Lease, Ledger, LedgerError, OrderRecord, OrderState, PaymentId, Retention};
+use super::{
+    bounded, millis, now_ms, Claim, ClaimRequest, Index, Lease, Ledger, LedgerError, OrderRecord, OrderState, Owned, PaymentId,
+    QuarantineInfo, Registered, Registration, Retention,
+};
 
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+/// The indexes, ordered: `{index}\0{account}\0{score}\0{key}` (score as sortable digits).
+const INDEX_ORDER: TableDefinition<&str, ()> = TableDefinition::new("index_order");
+/// The indexes' scores: `{index}\0{account}\0{key}` → score, to move or remove an entry.
+const INDEX_SCORE: TableDefinition<&str, i64> = TableDefinition::new("index_score");
 /// Expired records and data are swept at most this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// Pause between attempts to get the file in shared mode.
@@ -58,9 +66,42 @@ struct Stored {
     token: Option<String>,
     lease_until_ms: i64,
     expires_at_ms: i64,
+    /// An operator's `resolve forward`: the next claim skips the registration checks.
+    #[serde(default)]
+    forced: bool,
 }
 
 impl Stored {
+    fn new(now: i64) -> Stored {
+        Stored {
+            record: OrderRecord {
+                state: OrderState::None,
+                order_type: None,
+                total_fee: None,
+                notify_mode: None,
+                attempts: 0,
+                last_failure: None,
+                first_seen_ms: Some(now),
+                done_at_ms: None,
+                replays: 0,
+                last_replay: None,
+                registered: false,
+                account: None,
+                expires_at_ms: None,
+                fields: None,
+                checks: 0,
+                quarantine: None,
+                order_data: None,
+            },
+            data: None,
+            data_expires_at_ms: 0,
+            token: None,
+            lease_until_ms: 0,
+            expires_at_ms: 0,
+            forced: false,
+        }
+    }
+
     fn into_record(self, now: i64) -> OrderRecord {
         let mut record = self.record;
         record.order_data = self.data.filter(|_| self.data_expires_at_ms > now);
@@ -87,6 +128,8 @@ pub struct EmbeddedLedger {
     /// How long a call waits for the file while another process holds it (an upgrade).
     open_wait: Duration,
     last_sweep_ms: AtomicI64,
+    /// Each account's provider queries in the last second (the sweep's rate slots).
+    rates: Mutex<HashMap<String, VecDeque<i64>>>,
 }
 
 fn err(e: impl std::fmt::Display) -> LedgerError {
@@ -122,6 +165,7 @@ impl EmbeddedLedger {
             timeout,
             open_wait,
             last_sweep_ms: AtomicI64::new(now_ms()),
+            rates: Mutex::new(HashMap::new()),
         };
         if !ledger.try_own()? {
             if !take_over {
@@ -230,6 +274,16 @@ impl EmbeddedLedger {
         bounded(limit, async move { tokio::task::spawn_blocking(move || f(&me)).await.map_err(err)? }).await
     }
 
+    /// Runs `f` in one write transaction, committed when it returns Ok.
+    fn write<T>(&self, f: impl Fn(&redb::WriteTransaction) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(err)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(err)?;
+            Ok(out)
+        })
+    }
+
     /// Runs `change` on the live (unexpired) record of `key` inside one write transaction.
     fn update<T>(&self, key: &str, change: impl Fn(Option<Stored>, i64) -> (Option<Stored>, T)) -> Result<T, LedgerError> {
         self.with_db(|db| {
@@ -336,6 +390,39 @@ fn open_database(path: &Path) -> Result<Database, OpenError> {
     Ok(db)
 }
 
+/// Index keys sort by score: offset to unsigned, fixed width.
+fn sortable(score: i64) -> String {
+    format!("{:020}", (score as i128 - i64::MIN as i128) as u64)
+}
+
+fn index_prefix(index: Index, account: &str) -> String {
+    format!("{}\0{account}\0", index.name())
+}
+
+/// (score, key) of an `INDEX_ORDER` key under `prefix`.
+fn parse_order_key(prefix: &str, key: &str) -> (i64, PaymentId) {
+    let rest = &key[prefix.len()..];
+    let (score, id) = rest.split_once('\0').unwrap_or((rest, ""));
+    let score = score.parse::<u64>().map(|s| (s as i128 + i64::MIN as i128) as i64).unwrap_or(0);
+    (score, PaymentId::from_key(id.to_string()))
+}
+
+/// Moves `key` in `index` of `account` to `score` (`None`: out of the index).
+fn index_move(tx: &redb::WriteTransaction, index: Index, account: &str, key: &str, score: Option<i64>) -> Result<(), LedgerError> {
+    let mut scores = tx.open_table(INDEX_SCORE).map_err(err)?;
+    let mut order = tx.open_table(INDEX_ORDER).map_err(err)?;
+    let prefix = index_prefix(index, account);
+    let score_key = format!("{prefix}{key}");
+    if let Some(old) = scores.remove(score_key.as_str()).map_err(err)?.map(|v| v.value()) {
+        order.remove(format!("{prefix}{}\0{key}", sortable(old)).as_str()).map_err(err)?;
+    }
+    if let Some(score) = score {
+        scores.insert(score_key.as_str(), score).map_err(err)?;
+        order.insert(format!("{prefix}{}\0{key}", sortable(score)).as_str(), ()).map_err(err)?;
+    }
+    Ok(())
+}
+
 /// The [`Ledger`] over an [`EmbeddedLedger`]; an `Arc` so calls can move to the blocking pool.
 pub struct Embedded(Arc<EmbeddedLedger>);
 
@@ -351,47 +438,60 @@ impl Ledger for Embedded {
         self.0.maybe_sweep();
         let horizon = millis(self.0.retention.dedupe_horizon);
         let lease_ms = millis(request.lease_for);
-        let (key, order_type, total_fee, mode) = (key.to_string(), request.order_type.to_string(), request.total_fee, request.mode);
+        let (key, want) = (key.to_string(), request.order_type.map(str::to_string));
+        let (total_fee, mode, strict) = (request.total_fee, request.mode, request.require_registration);
         self.0
             .blocking(move |l| {
                 l.update(&key, |current, now| {
-                    let mut stored = match current {
-                        Some(s) if s.record.order_type.as_deref().is_some_and(|t| t != order_type) => {
-                            return (None, Claim::TypeMismatch { recorded: s.record.order_type.unwrap_or_default() })
+                    let mut stored = current.unwrap_or_else(|| Stored::new(now));
+                    let r = &stored.record;
+                    // The same decisions, in the same order, as the Redis ledger's claim script.
+                    match r.state {
+                        OrderState::Dismissed => return (None, Claim::Dismissed),
+                        OrderState::Quarantined => {
+                            let reason = r.quarantine.as_ref().map(|q| q.reason.clone()).unwrap_or_default();
+                            return (None, Claim::Quarantined { reason });
                         }
-                        Some(s) if s.record.state == OrderState::Done => return (None, Claim::Done),
-                        Some(s) if s.record.state == OrderState::InFlight && s.lease_until_ms > now => return (None, Claim::InFlight),
-                        Some(s) => s,
-                        None => Stored {
-                            record: OrderRecord {
-                                state: OrderState::None,
-                                order_type: None,
-                                total_fee: Some(total_fee),
-                                notify_mode: None,
-                                attempts: 0,
-                                last_failure: None,
-                                first_seen_ms: Some(now),
-                                done_at_ms: None,
-                                replays: 0,
-                                last_replay: None,
-                                order_data: None,
-                            },
-                            data: None,
-                            data_expires_at_ms: 0,
-                            token: None,
-                            lease_until_ms: 0,
-                            expires_at_ms: 0,
-                        },
-                    };
+                        OrderState::Done => {
+                            return match (&want, &r.order_type) {
+                                (Some(w), Some(t)) if w != t => (None, Claim::TypeMismatch { recorded: t.clone() }),
+                                _ => (None, Claim::Done),
+                            }
+                        }
+                        _ => {}
+                    }
+                    if !stored.forced {
+                        let quarantine = |reason| Claim::Quarantine { reason, registered_type: r.order_type.clone(), registered_total_fee: r.total_fee };
+                        if r.registered {
+                            if want.as_ref().is_some_and(|w| Some(w) != r.order_type.as_ref()) {
+                                return (None, quarantine("type_mismatch"));
+                            }
+                            if r.total_fee != Some(total_fee) {
+                                return (None, quarantine("amount_mismatch"));
+                            }
+                        } else if want.is_none() || strict {
+                            return (None, Claim::Quarantine { reason: "unregistered", registered_type: None, registered_total_fee: None });
+                        } else if let (Some(w), Some(t)) = (&want, &r.order_type) {
+                            if w != t {
+                                return (None, Claim::TypeMismatch { recorded: t.clone() });
+                            }
+                        }
+                    }
+                    if r.state == OrderState::InFlight && stored.lease_until_ms > now {
+                        return (None, Claim::InFlight);
+                    }
+                    let order_type = want.clone().or_else(|| r.order_type.clone()).unwrap_or_default();
                     let lease = Lease::new();
+                    let owned = Owned { lease: lease.clone(), order_type: order_type.clone(), fields: r.fields.clone(), registered: r.registered };
                     stored.record.state = OrderState::InFlight;
-                    stored.record.order_type = Some(order_type.clone());
+                    stored.record.order_type = Some(order_type);
+                    stored.record.total_fee.get_or_insert(total_fee);
                     stored.record.attempts += 1;
                     stored.record.notify_mode = Some(mode as u8);
-                    stored.token = Some(lease.token.clone());
+                    stored.token = Some(lease.token);
                     stored.lease_until_ms = now + lease_ms;
                     stored.expires_at_ms = now.saturating_add(horizon);
-                    (Some(stored), Claim::Owned(lease))
+                    (Some(stored), Claim::Owned(owned))
                 })
             })
             .await
@@ -407,6 +507,11 @@ impl Ledger for Embedded {
                         s.record.state = OrderState::Done;
                         s.record.done_at_ms = Some(now);
                         s.record.last_failure = None;
+                        s.record.fields = None;
+                        s.forced = false;
+                        if let Some(q) = s.record.quarantine.as_mut() {
+                            q.order_data.clear();
+                        }
                         s.data = Some(data.clone());
                         s.data_expires_at_ms = now.saturating_add(millis(done_ttl));
                         s.token = None;
@@ -461,6 +566,222 @@ impl Ledger for Embedded {
         self.0.blocking(|l| l.with_db(|db| db.begin_read().map(|_| ()).map_err(err))).await
     }
 
+    async fn register(&self, key: &PaymentId, reg: &Registration) -> Result<Registered, LedgerError> {
+        let (key, reg, horizon) = (key.to_string(), reg.clone(), millis(self.0.retention.dedupe_horizon));
+        self.0
+            .blocking(move |l| {
+                l.update(&key, |current, now| {
+                    let mut s = current.unwrap_or_else(|| Stored::new(now));
+                    let r = &s.record;
+                    let same_order = r.order_type.as_deref().is_none_or(|t| t == reg.order_type) && r.total_fee.is_none_or(|f| f == reg.total_fee);
+                    if r.registered {
+                        let same = same_order && (r.state == OrderState::Done || r.fields == reg.fields);
+                        return (None, if same { Registered::Same } else { Registered::Conflict });
+                    }
+                    if !same_order {
+                        return (None, Registered::Conflict);
+                    }
+                    if r.state != OrderState::Done {
+                        s.record.fields = reg.fields.clone();
+                    }
+                    s.record.registered = true;
+                    s.record.account = Some(reg.account.clone());
+                    s.record.order_type = Some(reg.order_type.clone());
+                    s.record.total_fee = Some(reg.total_fee);
+                    s.record.expires_at_ms = Some(reg.expires_at_ms);
+                    s.expires_at_ms = now.saturating_add(horizon);
+                    (Some(s), Registered::Created)
+                })
+            })
+            .await
+    }
+
+    async fn quarantine(&self, key: &PaymentId, info: &QuarantineInfo) -> Result<bool, LedgerError> {
+        let (key, info, horizon) = (key.to_string(), info.clone(), millis(self.0.retention.dedupe_horizon));
+        self.0
+            .blocking(move |l| {
+                l.update(&key, |current, now| {
+                    let mut s = current.unwrap_or_else(|| Stored::new(now));
+                    if matches!(s.record.state, OrderState::InFlight | OrderState::Done | OrderState::Quarantined | OrderState::Dismissed) {
+                        return (None, false);
+                    }
+                    s.record.state = OrderState::Quarantined;
+                    s.record.quarantine = Some(info.clone());
+                    s.expires_at_ms = now.saturating_add(horizon);
+                    (Some(s), true)
+                })
+            })
+            .await
+    }
+
+    async fn resolve(&self, key: &PaymentId, forward_as: Option<&str>) -> Result<Option<String>, LedgerError> {
+        let (key, forward_as) = (key.to_string(), forward_as.map(str::to_string));
+        self.0
+            .blocking(move |l| {
+                l.update(&key, |current, _| match current {
+                    Some(mut s) if s.record.state == OrderState::Quarantined => {
+                        let data = match &forward_as {
+                            Some(as_type) => {
+                                s.record.state = OrderState::None;
+                                s.forced = true;
+                                if !as_type.is_empty() {
+                                    s.record.order_type = Some(as_type.clone());
+                                }
+                                s.record.quarantine.as_ref().map(|q| q.order_data.clone()).unwrap_or_default()
+                            }
+                            None => {
+                                s.record.state = OrderState::Dismissed;
+                                String::new()
+                            }
+                        };
+                        (Some(s), Some(data))
+                    }
+                    _ => (None, None),
+                })
+            })
+            .await
+    }
+
+    async fn close(&self, key: &PaymentId) -> Result<bool, LedgerError> {
+        let key = key.to_string();
+        self.0
+            .blocking(move |l| {
+                l.update(&key, |current, _| match current {
+                    Some(mut s) if s.record.registered && s.record.state == OrderState::None => {
+                        s.record.state = OrderState::Closed;
+                        (Some(s), true)
+                    }
+                    _ => (None, false),
+                })
+            })
+            .await
+    }
+
+    async fn note_check(&self, key: &PaymentId) -> Result<u64, LedgerError> {
+        let key = key.to_string();
+        self.0
+            .blocking(move |l| {
+                l.update(&key, |current, _| match current {
+                    Some(mut s) => {
+                        s.record.checks += 1;
+                        let n = s.record.checks;
+                        (Some(s), n)
+                    }
+                    None => (None, 0),
+                })
+            })
+            .await
+    }
+
+    async fn index_put(&self, index: Index, account: &str, key: &PaymentId, score_ms: i64) -> Result<(), LedgerError> {
+        let (account, key) = (account.to_string(), key.to_string());
+        self.0.blocking(move |l| l.write(|tx| index_move(tx, index, &account, &key, Some(score_ms)))).await
+    }
+
+    async fn index_remove(&self, index: Index, account: &str, key: &PaymentId) -> Result<(), LedgerError> {
+        let (account, key) = (account.to_string(), key.to_string());
+        self.0.blocking(move |l| l.write(|tx| index_move(tx, index, &account, &key, None))).await
+    }
+
+    async fn index_page(&self, index: Index, account: &str, after: Option<(i64, String)>, limit: usize) -> Result<Vec<(i64, PaymentId)>, LedgerError> {
+        let account = account.to_string();
+        self.0
+            .blocking(move |l| {
+                l.with_db(|db| {
+                    let tx = db.begin_read().map_err(err)?;
+                    let table = match tx.open_table(INDEX_ORDER) {
+                        Ok(t) => t,
+                        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                        Err(e) => return Err(err(e)),
+                    };
+                    let prefix = index_prefix(index, &account);
+                    let upper = match &after {
+                        Some((score, key)) => format!("{prefix}{}\0{key}", sortable(*score)),
+                        None => format!("{prefix}\u{10FFFF}"),
+                    };
+                    let mut out = Vec::new();
+                    for entry in table.range(prefix.as_str()..upper.as_str()).map_err(err)?.rev() {
+                        let (k, _) = entry.map_err(err)?;
+                        out.push(parse_order_key(&prefix, k.value()));
+                        if out.len() == limit {
+                            break;
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .await
+    }
+
+    async fn index_stats(&self, index: Index, account: &str) -> Result<(u64, Option<i64>), LedgerError> {
+        let account = account.to_string();
+        self.0
+            .blocking(move |l| {
+                l.with_db(|db| {
+                    let tx = db.begin_read().map_err(err)?;
+                    let table = match tx.open_table(INDEX_ORDER) {
+                        Ok(t) => t,
+                        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, None)),
+                        Err(e) => return Err(err(e)),
+                    };
+                    let prefix = index_prefix(index, &account);
+                    let upper = format!("{prefix}\u{10FFFF}");
+                    let mut count = 0;
+                    let mut lowest = None;
+                    for entry in table.range(prefix.as_str()..upper.as_str()).map_err(err)? {
+                        let (k, _) = entry.map_err(err)?;
+                        if lowest.is_none() {
+                            lowest = Some(parse_order_key(&prefix, k.value()).0);
+                        }
+                        count += 1;
+                    }
+                    Ok((count, lowest))
+                })
+            })
+            .await
+    }
+
+    async fn claim_due(&self, account: &str, limit: usize, hold: Duration) -> Result<Vec<PaymentId>, LedgerError> {
+        let account = account.to_string();
+        self.0
+            .blocking(move |l| {
+                l.write(|tx| {
+                    let now = now_ms();
+                    let prefix = index_prefix(Index::Due, &account);
+                    let upper = format!("{prefix}{}\0\u{10FFFF}", sortable(now));
+                    let due: Vec<PaymentId> = {
+                        let table = tx.open_table(INDEX_ORDER).map_err(err)?;
+                        let mut due = Vec::new();
+                        for entry in table.range(prefix.as_str()..upper.as_str()).map_err(err)?.take(limit) {
+                            let (k, _) = entry.map_err(err)?;
+                            due.push(parse_order_key(&prefix, k.value()).1);
+                        }
+                        due
+                    };
+                    for key in &due {
+                        index_move(tx, Index::Due, &account, key.as_str(), Some(now + millis(hold)))?;
+                    }
+                    Ok(due)
+                })
+            })
+            .await
+    }
+
+    async fn rate_slot(&self, account: &str, per_second: u32) -> Result<bool, LedgerError> {
+        // One process owns the embedded ledger, so its own memory is the shared window.
+        let now = now_ms();
+        let mut windows = self.0.rates.lock().expect("rate lock poisoned");
+        let window = windows.entry(account.to_string()).or_default();
+        while window.front().is_some_and(|t| *t <= now - 1000) {
+            window.pop_front();
+        }
+        if window.len() >= per_second as usize {
+            return Ok(false);
+        }
+        window.push_back(now);
+        Ok(true)
+    }
+
     fn hand_over(&self) {
         // Under the op lock, so the new process's first turn waits for this close. Calls of
         // this process still holding the database finish first; the new process retries until then.
@@ -483,11 +804,19 @@ mod tests {
     async fn keeps_the_ledger_contract() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Embedded::open(&dir.path().join("ledger.redb"), super::super::contract::RETENTION, Duration::from_secs(5), WAIT, false).unwrap();
-        super::super::contract::run(Arc::new(ledger)).await;
+        let ledger: Arc<dyn Ledger> = Arc::new(ledger);
+        super::super::contract::run(ledger.clone()).await;
+        super::super::contract::run_registration(ledger, "acct").await;
     }
 
     fn req() -> ClaimRequest<'static> {
-        ClaimRequest { order_type: "goods", total_fee: 1, lease_for: Duration::from_secs(5), mode: NotifyMode::Notification }
+        ClaimRequest {
+            order_type: Some("goods"),
+            total_fee: 1,
+            lease_for: Duration::from_secs(5),
+            mode: NotifyMode::Notification,
+            require_registration: false,
+        }
     }
 
     #[tokio::test]
@@ -498,8 +827,8 @@ mod tests {
         let id = PaymentId::new("wechat", "m", "1");
         {
             let l = Embedded::open(&path, short, Duration::from_secs(5), WAIT, false).unwrap();
-            let Claim::Owned(lease) = l.claim(&id, req()).await.unwrap() else { panic!() };
-            assert!(l.complete(&id, &lease, "{}").await.unwrap());
+            let Claim::Owned(owned) = l.claim(&id, req()).await.unwrap() else { panic!() };
+            assert!(l.complete(&id, &owned.lease, "{}").await.unwrap());
         }
         let l = Embedded::open(&path, short, Duration::from_secs(5), WAIT, false).unwrap();
         assert_eq!(l.claim(&id, req()).await.unwrap(), Claim::Done);
@@ -517,12 +846,12 @@ mod tests {
         assert!(Embedded::open(&path, retention, Duration::from_secs(5), WAIT, false).is_err(), "a second plain start is refused");
         let new = Embedded::open(&path, retention, Duration::from_secs(5), Duration::from_millis(300), true).unwrap();
         let (a, b) = (PaymentId::new("wechat", "m", "a"), PaymentId::new("wechat", "m", "b"));
-        let Claim::Owned(lease) = old.claim(&a, req()).await.unwrap() else { panic!() };
+        let Claim::Owned(Owned { lease, .. }) = old.claim(&a, req()).await.unwrap() else { panic!() };
         // While the old process keeps the file open, the new one waits and then fails closed.
         assert!(new.claim(&b, req()).await.is_err());
         old.hand_over();
         // Both now take turns; the old one settles what it claimed, the new one sees it.
-        let Claim::Owned(lease_b) = new.claim(&b, req()).await.unwrap() else { panic!() };
+        let Claim::Owned(Owned { lease: lease_b, .. }) = new.claim(&b, req()).await.unwrap() else { panic!() };
         assert!(old.complete(&a, &lease, "{}").await.unwrap());
         assert_eq!(new.claim(&a, req()).await.unwrap(), Claim::Done);
         assert!(new.0.db.load().is_none(), "still shared while the old process lives");

@@ -14,34 +14,121 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
+use redis::{AsyncCommands, Script};
 use tokio::sync::OnceCell;
 
-use super::{bounded, millis, Claim, ClaimRequest, Lease, Ledger, LedgerError, OrderRecord, OrderState, PaymentId, Retention};
+use super::{
+    bounded, millis, quarantine_reason, Claim, ClaimRequest, Index, Lease, Ledger, LedgerError, OrderRecord, OrderState, Owned, PaymentId,
+    QuarantineInfo, Registered, Registration, Retention,
+};
 
 const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
 
-/// ARGV: token, lease ms, horizon ms, notify_mode, type, total_fee.
+/// ARGV: token, lease ms, horizon ms, notify_mode, type ('' = the registered one), total_fee,
+/// require_registration ('1'). Decides without writing when the order is to be quarantined.
 const CLAIM: &str = r#"
-local rec = redis.call('HMGET', KEYS[1], 'state', 'type', 'lease_until')
-if rec[2] and rec[2] ~= ARGV[5] then return {'type_mismatch', rec[2]} end
-if rec[1] == 'done' then return {'done'} end
-if rec[1] == 'in_flight' and tonumber(rec[3] or '0') > now then return {'in_flight'} end
-redis.call('HSET', KEYS[1], 'state', 'in_flight', 'token', ARGV[1], 'lease_until', now + tonumber(ARGV[2]), 'notify_mode', ARGV[4], 'type', ARGV[5])
+local r = redis.call('HMGET', KEYS[1], 'state', 'type', 'lease_until', 'registered', 'total_fee', 'forced', 'q_reason', 'fields')
+local state, rtype, registered, want = r[1], r[2], r[4] == '1', ARGV[5]
+if state == 'dismissed' then return {'dismissed'} end
+if state == 'quarantined' then return {'quarantined', r[7] or ''} end
+if state == 'done' then
+  if want ~= '' and rtype and rtype ~= want then return {'type_mismatch', rtype} end
+  return {'done'}
+end
+if r[6] ~= '1' then
+  if registered then
+    if want ~= '' and want ~= rtype then return {'quarantine', 'type_mismatch', rtype, r[5]} end
+    if tonumber(ARGV[6]) ~= tonumber(r[5]) then return {'quarantine', 'amount_mismatch', rtype, r[5]} end
+  elseif want == '' or ARGV[7] == '1' then
+    return {'quarantine', 'unregistered', '', ''}
+  elseif rtype and rtype ~= want then
+    return {'type_mismatch', rtype}
+  end
+end
+if want == '' then want = rtype end
+if state == 'in_flight' and tonumber(r[3] or '0') > now then return {'in_flight'} end
+redis.call('HSET', KEYS[1], 'state', 'in_flight', 'token', ARGV[1], 'lease_until', now + tonumber(ARGV[2]), 'notify_mode', ARGV[4], 'type', want)
 redis.call('HSETNX', KEYS[1], 'total_fee', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSETNX', KEYS[1], 'first_seen', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {'owned'}
+return {'owned', want, r[8] or '', registered and '1' or '0'}
 "#;
 
 /// KEYS: record, data. ARGV: token, order data, done_ttl ms, horizon ms.
 const COMPLETE: &str = r#"
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'done', 'done_at', now)
-redis.call('HDEL', KEYS[1], 'token', 'lease_until', 'last_failure')
+redis.call('HDEL', KEYS[1], 'token', 'lease_until', 'last_failure', 'fields', 'forced', 'q_data')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
+/// ARGV: account, type, total_fee, expires_at, fields ('' = none), horizon ms.
+const REGISTER: &str = r#"
+local r = redis.call('HMGET', KEYS[1], 'registered', 'type', 'total_fee', 'fields', 'state')
+if r[1] == '1' then
+  local same = r[2] == ARGV[2] and tonumber(r[3]) == tonumber(ARGV[3]) and (r[5] == 'done' or (r[4] or '') == ARGV[5])
+  if same then return 'same' end
+  return 'conflict'
+end
+if r[2] and r[2] ~= ARGV[2] then return 'conflict' end
+if r[3] and tonumber(r[3]) ~= tonumber(ARGV[3]) then return 'conflict' end
+redis.call('HSET', KEYS[1], 'registered', '1', 'account', ARGV[1], 'type', ARGV[2], 'total_fee', ARGV[3], 'expires_at', ARGV[4])
+if ARGV[5] ~= '' and r[5] ~= 'done' then redis.call('HSET', KEYS[1], 'fields', ARGV[5]) end
+if not r[5] then redis.call('HSET', KEYS[1], 'state', 'none') end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 'created'
+"#;
+
+/// ARGV: reason, notified type, notified fee, registered type, registered fee, at, order data, horizon ms.
+const QUARANTINE: &str = r#"
+local s = redis.call('HGET', KEYS[1], 'state')
+if s == 'in_flight' or s == 'done' or s == 'quarantined' or s == 'dismissed' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'quarantined', 'q_reason', ARGV[1], 'q_notified_type', ARGV[2], 'q_notified_total_fee', ARGV[3],
+  'q_registered_type', ARGV[4], 'q_registered_total_fee', ARGV[5], 'q_at', ARGV[6], 'q_data', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+return 1
+"#;
+
+/// ARGV: 'forward' | 'dismiss', the type to forward as ('' = keep).
+const RESOLVE: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'quarantined' then return {0} end
+if ARGV[1] ~= 'forward' then
+  redis.call('HSET', KEYS[1], 'state', 'dismissed')
+  return {1, ''}
+end
+redis.call('HSET', KEYS[1], 'state', 'none', 'forced', '1')
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'type', ARGV[2]) end
+return {1, redis.call('HGET', KEYS[1], 'q_data') or ''}
+"#;
+
+const CLOSE: &str = r#"
+local r = redis.call('HMGET', KEYS[1], 'state', 'registered')
+if r[2] ~= '1' or (r[1] ~= 'none' and r[1] ~= false) then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'closed', 'closed_at', now)
+return 1
+"#;
+
+const NOTE_CHECK: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'checks', 1)
+"#;
+
+/// KEYS: a due index. ARGV: limit, hold ms.
+const CLAIM_DUE: &str = r#"
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(items) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), m) end
+return items
+"#;
+
+/// KEYS: a rate window. ARGV: per second, a unique member.
+const RATE_SLOT: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1000)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 2000)
 return 1
 "#;
 
@@ -73,6 +160,13 @@ pub struct RedisLedger {
     complete: Script,
     release: Script,
     replay: Script,
+    register: Script,
+    quarantine: Script,
+    resolve: Script,
+    close: Script,
+    note_check: Script,
+    claim_due: Script,
+    rate_slot: Script,
 }
 
 impl RedisLedger {
@@ -91,6 +185,13 @@ impl RedisLedger {
             complete: script(COMPLETE),
             release: script(RELEASE),
             replay: Script::new(REPLAY),
+            register: Script::new(REGISTER),
+            quarantine: Script::new(QUARANTINE),
+            resolve: Script::new(RESOLVE),
+            close: script(CLOSE),
+            note_check: Script::new(NOTE_CHECK),
+            claim_due: script(CLAIM_DUE),
+            rate_slot: script(RATE_SLOT),
         })
     }
 
@@ -126,6 +227,19 @@ impl RedisLedger {
     fn data_key(&self, key: &PaymentId) -> String {
         format!("{{{}{key}}}:data", self.prefix)
     }
+
+    fn index_key(&self, index: Index, account: &str) -> String {
+        format!("{}{}:{account}", self.prefix, index.name())
+    }
+
+    /// Runs `f` with a connection, bounded by the ledger timeout.
+    async fn with_conn<T, F, Fut>(&self, f: F) -> Result<T, LedgerError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        bounded(self.timeout, async { f(self.conn().await?).await.map_err(unavailable) }).await
+    }
 }
 
 fn unavailable(e: redis::RedisError) -> LedgerError {
@@ -135,29 +249,38 @@ fn unavailable(e: redis::RedisError) -> LedgerError {
 #[async_trait]
 impl Ledger for RedisLedger {
     async fn claim(&self, key: &PaymentId, request: ClaimRequest<'_>) -> Result<Claim, LedgerError> {
-        bounded(self.timeout, async {
-            let mut conn = self.conn().await?;
-            let lease = Lease::new();
-            let result: Vec<String> = self
-                .claim
-                .key(self.key(key))
-                .arg(&lease.token)
-                .arg(millis(request.lease_for))
-                .arg(self.horizon_ms)
-                .arg(request.mode as u8)
-                .arg(request.order_type)
-                .arg(request.total_fee)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            Ok(match result.first().map(String::as_str) {
-                Some("owned") => Claim::Owned(lease),
-                Some("done") => Claim::Done,
-                Some("type_mismatch") => Claim::TypeMismatch { recorded: result.get(1).cloned().unwrap_or_default() },
-                _ => Claim::InFlight,
+        let lease = Lease::new();
+        let token = &lease.token;
+        let result: Vec<String> = self
+            .with_conn(|mut conn| async move {
+                self.claim
+                    .key(self.key(key))
+                    .arg(token)
+                    .arg(millis(request.lease_for))
+                    .arg(self.horizon_ms)
+                    .arg(request.mode as u8)
+                    .arg(request.order_type.unwrap_or_default())
+                    .arg(request.total_fee)
+                    .arg(if request.require_registration { "1" } else { "0" })
+                    .invoke_async(&mut conn)
+                    .await
             })
+            .await?;
+        let arg = |i: usize| result.get(i).cloned().unwrap_or_default();
+        let some = |text: String| Some(text).filter(|t| !t.is_empty());
+        Ok(match result.first().map(String::as_str) {
+            Some("owned") => Claim::Owned(Owned { lease, order_type: arg(1), fields: some(arg(2)), registered: arg(3) == "1" }),
+            Some("done") => Claim::Done,
+            Some("type_mismatch") => Claim::TypeMismatch { recorded: arg(1) },
+            Some("quarantine") => Claim::Quarantine {
+                reason: quarantine_reason(&arg(1)),
+                registered_type: some(arg(2)),
+                registered_total_fee: arg(3).parse().ok(),
+            },
+            Some("quarantined") => Claim::Quarantined { reason: arg(1) },
+            Some("dismissed") => Claim::Dismissed,
+            _ => Claim::InFlight,
         })
-        .await
     }
 
     async fn complete(&self, key: &PaymentId, lease: &Lease, order_data: &str) -> Result<bool, LedgerError> {
@@ -224,18 +347,154 @@ impl Ledger for RedisLedger {
         .await
     }
 
+    async fn register(&self, key: &PaymentId, r: &Registration) -> Result<Registered, LedgerError> {
+        let result: String = self
+            .with_conn(|mut conn| async move {
+                self.register
+                    .key(self.key(key))
+                    .arg(&r.account)
+                    .arg(&r.order_type)
+                    .arg(r.total_fee)
+                    .arg(r.expires_at_ms)
+                    .arg(r.fields.as_deref().unwrap_or_default())
+                    .arg(self.horizon_ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(match result.as_str() {
+            "created" => Registered::Created,
+            "same" => Registered::Same,
+            _ => Registered::Conflict,
+        })
+    }
+
+    async fn quarantine(&self, key: &PaymentId, q: &QuarantineInfo) -> Result<bool, LedgerError> {
+        let n: i64 = self
+            .with_conn(|mut conn| async move {
+                self.quarantine
+                    .key(self.key(key))
+                    .arg(&q.reason)
+                    .arg(q.notified_type.as_deref().unwrap_or_default())
+                    .arg(q.notified_total_fee)
+                    .arg(q.registered_type.as_deref().unwrap_or_default())
+                    .arg(q.registered_total_fee.map(|f| f.to_string()).unwrap_or_default())
+                    .arg(q.at_ms)
+                    .arg(&q.order_data)
+                    .arg(self.horizon_ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn resolve(&self, key: &PaymentId, forward_as: Option<&str>) -> Result<Option<String>, LedgerError> {
+        let (action, as_type) = match forward_as {
+            Some(t) => ("forward", t),
+            None => ("dismiss", ""),
+        };
+        let (changed, data): (i64, Option<String>) = self
+            .with_conn(|mut conn| async move {
+                let v: redis::Value = self.resolve.key(self.key(key)).arg(action).arg(as_type).invoke_async(&mut conn).await?;
+                redis::FromRedisValue::from_redis_value(v).or_else(|_| Ok((0, None)))
+            })
+            .await?;
+        Ok((changed == 1).then(|| data.unwrap_or_default()))
+    }
+
+    async fn close(&self, key: &PaymentId) -> Result<bool, LedgerError> {
+        let n: i64 = self.with_conn(|mut conn| async move { self.close.key(self.key(key)).invoke_async(&mut conn).await }).await?;
+        Ok(n == 1)
+    }
+
+    async fn note_check(&self, key: &PaymentId) -> Result<u64, LedgerError> {
+        let n: i64 = self.with_conn(|mut conn| async move { self.note_check.key(self.key(key)).invoke_async(&mut conn).await }).await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn index_put(&self, index: Index, account: &str, key: &PaymentId, score_ms: i64) -> Result<(), LedgerError> {
+        self.with_conn(|mut conn| async move { conn.zadd(self.index_key(index, account), key.as_str(), score_ms).await }).await
+    }
+
+    async fn index_remove(&self, index: Index, account: &str, key: &PaymentId) -> Result<(), LedgerError> {
+        self.with_conn(|mut conn| async move { conn.zrem(self.index_key(index, account), key.as_str()).await }).await
+    }
+
+    async fn index_page(&self, index: Index, account: &str, after: Option<(i64, String)>, limit: usize) -> Result<Vec<(i64, PaymentId)>, LedgerError> {
+        let zkey = self.index_key(index, account);
+        let cursor = after.as_ref();
+        let entries: Vec<(String, i64)> = self
+            .with_conn(|mut conn| async move {
+                match cursor {
+                    None => conn.zrevrangebyscore_limit_withscores(&zkey, "+inf", "-inf", 0, limit as isize).await,
+                    Some((score, _)) => {
+                        // Entries tied at the cursor's score come first (reverse key order):
+                        // fetch enough to skip those already seen.
+                        let tied: isize = conn.zcount(&zkey, *score, *score).await?;
+                        conn.zrevrangebyscore_limit_withscores(&zkey, *score, "-inf", 0, limit as isize + tied).await
+                    }
+                }
+            })
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter(|(member, score)| match &after {
+                Some((s, m)) => score < s || (score == s && member < m),
+                None => true,
+            })
+            .take(limit)
+            .map(|(member, score)| (score, PaymentId::from_key(member)))
+            .collect())
+    }
+
+    async fn index_stats(&self, index: Index, account: &str) -> Result<(u64, Option<i64>), LedgerError> {
+        let zkey = self.index_key(index, account);
+        let (count, lowest): (u64, Vec<(String, i64)>) =
+            self.with_conn(|mut conn| async move { redis::pipe().zcard(&zkey).zrange_withscores(&zkey, 0, 0).query_async(&mut conn).await }).await?;
+        Ok((count, lowest.first().map(|(_, score)| *score)))
+    }
+
+    async fn claim_due(&self, account: &str, limit: usize, hold: Duration) -> Result<Vec<PaymentId>, LedgerError> {
+        let items: Vec<String> = self
+            .with_conn(|mut conn| async move {
+                self.claim_due.key(self.index_key(Index::Due, account)).arg(limit).arg(millis(hold)).invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(items.into_iter().map(PaymentId::from_key).collect())
+    }
+
+    async fn rate_slot(&self, account: &str, per_second: u32) -> Result<bool, LedgerError> {
+        let n: i64 = self
+            .with_conn(|mut conn| async move {
+                self.rate_slot
+                    .key(format!("{}rate:{account}", self.prefix))
+                    .arg(per_second)
+                    .arg(crate::keys::random_hex(8))
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
     fn adopt_runtime(&self, handle: tokio::runtime::Handle) {
         let _ = self.home.set(handle);
     }
 }
 
 fn to_record(mut f: HashMap<String, String>, order_data: Option<String>) -> Option<OrderRecord> {
-    let state = match f.get("state")?.as_str() {
-        "done" => OrderState::Done,
-        "in_flight" => OrderState::InFlight,
-        _ => OrderState::None,
-    };
+    let state = OrderState::parse(f.get("state")?);
     let num = |f: &HashMap<String, String>, k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok());
+    let quarantine = f.contains_key("q_reason").then(|| QuarantineInfo {
+        notified_total_fee: num(&f, "q_notified_total_fee").unwrap_or(0) as u64,
+        registered_total_fee: num(&f, "q_registered_total_fee").map(|v| v as u64),
+        at_ms: num(&f, "q_at").unwrap_or(0),
+        reason: f.remove("q_reason").unwrap_or_default(),
+        notified_type: f.remove("q_notified_type").filter(|t| !t.is_empty()),
+        registered_type: f.remove("q_registered_type").filter(|t| !t.is_empty()),
+        order_data: f.remove("q_data").unwrap_or_default(),
+    });
     Some(OrderRecord {
         state,
         total_fee: f.get("total_fee").and_then(|v| v.parse().ok()),
@@ -244,6 +503,12 @@ fn to_record(mut f: HashMap<String, String>, order_data: Option<String>) -> Opti
         first_seen_ms: num(&f, "first_seen"),
         done_at_ms: num(&f, "done_at"),
         replays: num(&f, "replays").unwrap_or(0) as u64,
+        registered: f.get("registered").is_some_and(|v| v == "1"),
+        expires_at_ms: num(&f, "expires_at"),
+        checks: num(&f, "checks").unwrap_or(0) as u64,
+        quarantine,
+        account: f.remove("account"),
+        fields: f.remove("fields"),
         order_type: f.remove("type"),
         last_failure: f.remove("last_failure"),
         last_replay: f.remove("last_replay"),
@@ -266,7 +531,9 @@ mod tests {
     async fn keeps_the_ledger_contract() {
         let prefix = format!("payhook-test:{}:", crate::keys::random_hex(6));
         let ledger = RedisLedger::new(&test_url(), &prefix, super::super::contract::RETENTION, Duration::from_secs(2)).unwrap();
-        super::super::contract::run(Arc::new(ledger)).await;
+        let ledger: Arc<dyn Ledger> = Arc::new(ledger);
+        super::super::contract::run(ledger.clone()).await;
+        super::super::contract::run_registration(ledger, &crate::keys::random_hex(6)).await;
     }
 
     /// The key layout operators read with redis-cli, and the two lifetimes.
@@ -276,9 +543,15 @@ mod tests {
         let retention = Retention { done_ttl: Duration::from_secs(3600), dedupe_horizon: Duration::from_secs(400 * 86400) };
         let ledger = RedisLedger::new(&test_url(), &prefix, retention, Duration::from_secs(2)).unwrap();
         let id = PaymentId::new("wechat", "1230000109", "o-1");
-        let req = ClaimRequest { order_type: "goods", total_fee: 5, lease_for: Duration::from_secs(5), mode: NotifyMode::Notification };
-        let Claim::Owned(lease) = ledger.claim(&id, req).await.unwrap() else { panic!() };
-        assert!(ledger.complete(&id, &lease, "{}").await.unwrap());
+        let req = ClaimRequest {
+            order_type: Some("goods"),
+            total_fee: 5,
+            lease_for: Duration::from_secs(5),
+            mode: NotifyMode::Notification,
+            require_registration: false,
+        };
+        let Claim::Owned(owned) = ledger.claim(&id, req).await.unwrap() else { panic!() };
+        assert!(ledger.complete(&id, &owned.lease, "{}").await.unwrap());
         let mut conn = ledger.client.get_multiplexed_async_connection().await.unwrap();
         let marker = format!("{prefix}wechat:1230000109:o-1");
         let ttl: i64 = redis::cmd("PTTL").arg(&marker).query_async(&mut conn).await.unwrap();
@@ -299,7 +572,13 @@ mod tests {
     async fn unreachable_redis_fails_fast() {
         let ledger = RedisLedger::new("redis://127.0.0.1:1/0", "t:", super::super::contract::RETENTION, Duration::from_millis(300)).unwrap();
         let started = std::time::Instant::now();
-        let req = ClaimRequest { order_type: "goods", total_fee: 1, lease_for: Duration::from_secs(5), mode: NotifyMode::Notification };
+        let req = ClaimRequest {
+            order_type: Some("goods"),
+            total_fee: 1,
+            lease_for: Duration::from_secs(5),
+            mode: NotifyMode::Notification,
+            require_registration: false,
+        };
         assert!(ledger.claim(&PaymentId::new("wechat", "m", "b"), req).await.is_err());
         assert!(started.elapsed() < Duration::from_secs(2));
     }

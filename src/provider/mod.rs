@@ -113,6 +113,8 @@ pub enum ProviderError {
     MerchantMismatch,
     #[error("bad amount {0:?}")]
     BadAmount(String),
+    #[error("the provider asks to slow down")]
+    Throttled,
 }
 
 impl ProviderError {
@@ -129,6 +131,7 @@ impl ProviderError {
             ProviderError::XmlDoctype => "xml_doctype",
             ProviderError::MerchantMismatch => "merchant_mismatch",
             ProviderError::BadAmount(_) => "bad_amount",
+            ProviderError::Throttled => "throttled",
         }
     }
 }
@@ -151,6 +154,11 @@ pub trait Provider: Send + Sync {
 
     /// The provider's exact reply for `answer`; `reason` is a short fixed label, never user data.
     fn reply(&self, answer: Answer, reason: &str) -> Reply;
+
+    /// Whether [`Provider::order_query`] can build a request (the account has query credentials).
+    fn can_query(&self) -> bool {
+        self.order_query("probe", 0).is_some()
+    }
 
     /// The signed order-query request for `out_trade_no` (the active trigger), or `None` when the
     /// account has no `api_base` / signing key configured. `now` is unix seconds.

@@ -325,6 +325,8 @@ impl Provider for WechatV3 {
                 Ok(e) if e.code == "ORDER_NOT_EXIST" => Ok(QueryOutcome::NotPaid { trade_state: e.code }),
                 _ => Err(ProviderError::Malformed("query status 404".into())),
             },
+            // FREQUENCY_LIMITED: the merchant queries too often.
+            429 => Err(ProviderError::Throttled),
             status => Err(ProviderError::Malformed(format!("query status {status}"))),
         }
     }
@@ -565,13 +567,14 @@ mod tests {
         for (status, body) in [
             (404, r#"{"code":"RESOURCE_NOT_EXISTS","message":"secret-ish"}"#),
             (500, r#"{"code":"SYSTEM_ERROR","message":"secret-ish"}"#),
-            (429, r#"{"code":"FREQUENCY_LIMITED","message":"secret-ish"}"#),
             (200, "secret-ish"),
         ] {
             let err = p.parse_order_query("order-1", &platform_reply(status, body), NOW).unwrap_err();
             assert_eq!(err.reason(), "malformed");
             assert!(!err.to_string().contains("secret-ish") && !err.to_string().contains("_"), "{err}");
         }
+        let limited = platform_reply(429, r#"{"code":"FREQUENCY_LIMITED","message":"secret-ish"}"#);
+        assert_eq!(p.parse_order_query("order-1", &limited, NOW).unwrap_err().reason(), "throttled");
         assert_eq!(
             p.parse_order_query("order-1", &platform_reply(500, "{}"), NOW).unwrap_err().to_string(),
             "malformed notification: query status 500"
