@@ -326,7 +326,7 @@ printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s\n' path req/s p50_ms p99_ms p
 row() { # name label cpu_pid_hwm
     local cpu=- n=$1
     [[ -n ${R[${n}_cpu_ticks]:-} ]] && cpu=$(cpu_per "$n" "${R[${n}_requests]}")
-    [[ $n == payhook* ]] && cpu=$(cpu_per "$n" "${R[${n}_forwarded]}")
+    [[ $n == *payhook ]] && cpu=$(cpu_per "$n" "${R[${n}_forwarded]}")
     printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s\n' "$2" "${R[${n}_rps]}" "$(ms "${R[${n}_p50_us]}")" \
         "$(ms "${R[${n}_p99_us]}")" "$(ms "${R[${n}_p999_us]}")" "${R[${n}_non2xx]}" "${R[${n}_errors]}" "$cpu" "$3" "${R[${n}_other_pct]}"
 }

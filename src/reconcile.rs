@@ -50,12 +50,13 @@ impl Gateway {
             fields: order.fields,
         };
         let outcome = self.ledger().register(&key, &registration).await?;
-        if outcome == Registered::Created {
-            let record = self.ledger().record(&key).await?;
-            if record.is_some_and(|r| r.state != OrderState::Done) {
+        // The schedule is written after the record (each ledger call touches one key, as Redis
+        // Cluster needs); a backend repeating its registration after a lost answer schedules again.
+        if outcome != Registered::Conflict && self.ledger().record(&key).await?.is_some_and(|r| r.state == OrderState::None) {
+            if outcome == Registered::Created {
                 self.ledger().index_put(Index::Pending, &acct.name, &key, now).await?;
-                self.ledger().index_put(Index::Due, &acct.name, &key, now + millis(settings.first_check)).await?;
             }
+            self.ledger().index_put(Index::Due, &acct.name, &key, now + millis(settings.first_check)).await?;
         }
         Ok(outcome)
     }

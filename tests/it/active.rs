@@ -149,7 +149,7 @@ async fn a_provider_answer_that_does_not_verify_is_a_502_and_touches_nothing() {
     assert_eq!((status, body), (502, json!({"error": "query_timeout"})));
     assert_eq!(backend.count(), 0);
     let (_, record) = admin(&gw, "GET", "/v1/orders/wx/sync-forged", "").await;
-    assert_eq!(record, json!({"account": "wx", "out_trade_no": "sync-forged", "state": "none"}));
+    assert_eq!(record, json!({"account": "wx", "out_trade_no": "sync-forged", "state": "none", "registered": false}));
 }
 
 #[tokio::test(flavor = "multi_thread")]

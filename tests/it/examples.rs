@@ -346,3 +346,43 @@ fn check_warns_when_demo_keys_listen_beyond_loopback() {
     let v2_key = std::fs::read_to_string(repo("conf/demo/wechat_v2_api_key.txt")).unwrap();
     assert!(!warning.contains(v2_key.trim()), "{warning}");
 }
+
+/// The Java and PHP registration snippets against a real payhook: each registers once (201),
+/// again (200), and a conflicting amount is refused; the fields reach the backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn java_and_php_registration_snippets_register_orders() {
+    let backend = ok_backend().await;
+    let gw = Payhook::start(&config(&redis_ledger("redis://127.0.0.1:6379/0"), &backend.url("/pay"), "")).await;
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let admin = format!("http://{}", gw.admin);
+    let run = |program: &str, script: std::path::PathBuf, args: &[&str]| {
+        let out = Command::new(program)
+            .arg(script)
+            .args(args)
+            .env("PAYHOOK_ADMIN", &admin)
+            .env("PAYHOOK_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    for (program, script, order) in [
+        ("java", examples.join("java/RegisterOrder.java"), "reg-java-1"),
+        ("php", examples.join("php/register.php"), "reg-php-1"),
+    ] {
+        let args = ["wx", order, "goods", "1234", "2h", "user_id=u001", "recharge_balance=100"];
+        let (code, out) = run(program, script.clone(), &args);
+        assert_eq!(code, Some(0), "{program} first registration: {out}");
+        let (code, out) = run(program, script.clone(), &args);
+        assert_eq!(code, Some(0), "{program} same registration again: {out}");
+        let (code, out) = run(program, script.clone(), &["wx", order, "goods", "999"]);
+        assert_eq!(code, Some(3), "{program} conflicting amount: {out}");
+        let (h, b) = WxV3::public_key_mode().paid(order, 1234);
+        assert_eq!(gw.post("/notify/wx", &h, b.as_bytes()).await.status, 204, "{program}");
+    }
+    let orders: Vec<serde_json::Value> = backend.requests().iter().map(|r| open_ecb(&r.body, NOTIFY_KEY)).collect();
+    assert_eq!(orders.len(), 2);
+    for order in orders {
+        assert_eq!((order["user_id"].clone(), order["type"].clone()), (serde_json::json!("u001"), serde_json::json!("goods")));
+        assert!(order["recharge_balance"] == 100 || order["recharge_balance"] == "100", "{order}");
+    }
+}

@@ -8,5 +8,6 @@ mod integrity;
 mod leaks;
 mod examples;
 mod providers;
+mod reconcile;
 #[allow(dead_code)] // shared with benches/; not every helper is used by every binary
 mod support;

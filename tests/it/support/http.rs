@@ -94,6 +94,8 @@ pub struct Received {
     pub path: String,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
+    /// When the request's body was read.
+    pub at: std::time::Instant,
 }
 
 /// What a test server answers: status, content type, body, and an optional delay first.
@@ -176,7 +178,7 @@ async fn serve_connection(stream: TcpStream, handler: Handler, log: Arc<Mutex<Ve
         let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut body = vec![0; len];
         reader.read_exact(&mut body).await?;
-        let req = Received { method, path, headers, body };
+        let req = Received { method, path, headers, body, at: std::time::Instant::now() };
         log.lock().unwrap().push(req.clone());
         let canned = handler(&req);
         if !canned.delay.is_zero() {

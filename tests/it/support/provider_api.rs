@@ -59,6 +59,7 @@ enum Order {
 struct State {
     orders: HashMap<String, Order>,
     bad_signature: bool,
+    throttled: bool,
     delay: Duration,
 }
 
@@ -111,6 +112,11 @@ impl ProviderApi {
     /// Sign answers with a key payhook does not trust (the right key id or API, the wrong key).
     pub fn bad_signature(&self, on: bool) {
         self.state.lock().unwrap().bad_signature = on;
+    }
+
+    /// Answer v3 queries with WeChat's signed `429 FREQUENCY_LIMITED`.
+    pub fn throttle(&self, on: bool) {
+        self.state.lock().unwrap().throttled = on;
     }
 
     /// Wait this long before every answer.
@@ -214,6 +220,7 @@ fn wechat_v3(req: &Received, state: &State, keys: &Keys) -> Canned {
         return Canned::json(401, r#"{"code":"SIGN_ERROR","message":"签名错误"}"#);
     }
     let (status, body) = match state.orders.get(&out_trade_no) {
+        _ if state.throttled => (429, json!({"code": "FREQUENCY_LIMITED", "message": "频率超限"})),
         Some(Order::Paid { total_fee }) => {
             let mut tx = WxV3::transaction(&out_trade_no, *total_fee);
             tx["mchid"] = mchid.into();
