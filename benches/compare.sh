@@ -189,7 +189,8 @@ presign() { # file count prefix
 
 # System-wide busy ticks (all but idle and iowait; irq and softirq included, as a process's stime
 # includes the interrupts taken while it ran) and all ticks, from /proc/stat.
-sys_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+# Steal (time the hypervisor gave this VM's CPUs to others) is counted apart.
+sys_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat; }
 # Ticks of everything this bench runs: its servers, and this shell with its waited-for children (wrk).
 ours_ticks() {
     local self
@@ -201,17 +202,22 @@ declare -A R
 # run NAME URL PATH FILE DURATION_S [RATE] [CPU_PID]: wrk, results into R[NAME_*].
 run() {
     local name=$1 url=$2 path=$3 file=$4 dur=$5 rate=${6:-0} cpu_pid=${7:-}
-    local out=$TMP/wrk-$name.txt before after kv busy0 all0 busy1 all1 ours0 ours1
+    local out=$TMP/wrk-$name.txt before after kv busy0 all0 busy1 all1 ours0 ours1 steal0 steal1
     [[ -n $cpu_pid ]] && before=$(cpu_ticks "$cpu_pid")
-    ours0=$(ours_ticks); read -r busy0 all0 < <(sys_ticks)
+    ours0=$(ours_ticks); read -r busy0 all0 steal0 < <(sys_ticks)
     wrk -t "$THREADS" -c "$CONNECTIONS" -d "${dur}s" --timeout 5s -s "$COMPARE/notify.lua" "$url$path" \
         -- "$file" "$path" "$THREADS" "$rate" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($name)"; }
     sleep 0.5 # requests still in flight when wrk stopped
     [[ -n $cpu_pid ]] && after=$(cpu_ticks "$cpu_pid") && R[${name}_cpu_ticks]=$(( after - before ))
-    read -r busy1 all1 < <(sys_ticks); ours1=$(ours_ticks)
+    read -r busy1 all1 steal1 < <(sys_ticks); ours1=$(ours_ticks)
     R[${name}_other_pct]=$(calc "\"%.0f\", (($busy1 - $busy0) - ($ours1 - $ours0)) * 100 / ($all1 - $all0 + 1e-9)")
-    (( R[${name}_other_pct] <= 5 )) || [[ $name == cal_* ]] ||
-        WARNINGS+=("$name: other processes (or the hypervisor) used ~${R[${name}_other_pct]}% of the CPU during the run")
+    R[${name}_steal_pct]=$(calc "\"%.0f\", ($steal1 - $steal0) * 100 / ($all1 - $all0 + 1e-9)")
+    if [[ $name != cal_* ]]; then
+        (( R[${name}_other_pct] <= 5 )) ||
+            WARNINGS+=("$name: processes outside this bench used ~${R[${name}_other_pct]}% of the CPU during the run")
+        (( R[${name}_steal_pct] <= 5 )) ||
+            WARNINGS+=("$name: the hypervisor took ~${R[${name}_steal_pct]}% of the CPU (steal) during the run")
+    fi
     local line
     line=$(grep '^BENCH ' "$out") || { cat "$out" >&2; die "no result from wrk ($name)"; }
     for kv in ${line#BENCH }; do R[${name}_${kv%%=*}]=${kv#*=}; done
@@ -244,7 +250,7 @@ run_payhook() {
 wait_idle() {
     local waited=0 quiet=0 busy0 all0 busy1 all1
     while (( waited < WAIT_IDLE )); do
-        read -r busy0 all0 < <(sys_ticks); sleep 1; read -r busy1 all1 < <(sys_ticks)
+        read -r busy0 all0 _ < <(sys_ticks); sleep 1; read -r busy1 all1 _ < <(sys_ticks)
         waited=$(( waited + 1 ))
         if (( (busy1 - busy0) * 100 <= 10 * (all1 - all0) )); then
             quiet=$(( quiet + 1 )); (( quiet < 3 )) || return 0
@@ -322,13 +328,13 @@ echo "payhook comparative benchmark: wrk -t$THREADS -c$CONNECTIONS -d${DUR_S}s, 
 echo "machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); load average ${LOAD_START} at start, ${LOAD_END} at end"
 echo "payhook: $PAYHOOK_BIN, threads=$PAYHOOK_THREADS, PAYHOOK_LOG=$PAYHOOK_LOG, Redis ledger (redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), no persistence); nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), $NGINX_WORKERS workers"
 echo
-printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s\n' path req/s p50_ms p99_ms p999_ms non2xx errors cpu_us/req rss_mib other%
+printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s %7s\n' path req/s p50_ms p99_ms p999_ms non2xx errors cpu_us/req rss_mib other% steal%
 row() { # name label cpu_pid_hwm
     local cpu=- n=$1
     [[ -n ${R[${n}_cpu_ticks]:-} ]] && cpu=$(cpu_per "$n" "${R[${n}_requests]}")
     [[ $n == *payhook ]] && cpu=$(cpu_per "$n" "${R[${n}_forwarded]}")
-    printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s\n' "$2" "${R[${n}_rps]}" "$(ms "${R[${n}_p50_us]}")" \
-        "$(ms "${R[${n}_p99_us]}")" "$(ms "${R[${n}_p999_us]}")" "${R[${n}_non2xx]}" "${R[${n}_errors]}" "$cpu" "$3" "${R[${n}_other_pct]}"
+    printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s %7s\n' "$2" "${R[${n}_rps]}" "$(ms "${R[${n}_p50_us]}")" \
+        "$(ms "${R[${n}_p99_us]}")" "$(ms "${R[${n}_p999_us]}")" "${R[${n}_non2xx]}" "${R[${n}_errors]}" "$cpu" "$3" "${R[${n}_other_pct]}" "${R[${n}_steal_pct]}"
 }
 row direct "direct to backend (nginx)" "$(mib "$BACKEND_HWM")"
 row nginx "nginx proxy_pass" "$(mib "$PROXY_HWM")"
@@ -340,7 +346,7 @@ echo "half load = fixed ${HALF_RATE}/s (half of payhook's max), paced by wrk del
 echo "payhook forwarded ${R[payhook_forwarded]} (max run) and ${R[half_payhook_forwarded]} (half load) notifications, $(( R[payhook_not_forwarded] + R[half_payhook_not_forwarded] )) not forwarded"
 echo "Redis (ledger) CPU, not counted above: $(calc "\"%.1f\", ${R[payhook_redis_ticks]} * 1e6 / $CLK_TCK / ${R[payhook_forwarded]}") us per notification (max run), peak RSS $(mib "$REDIS_HWM") MiB"
 echo "cpu_us/req: CPU time (utime+stime from /proc/PID/stat) of that server's processes only; rss_mib: VmHWM (nginx: summed over master and workers)"
-echo "other%: share of the machine's CPU used during the run by processes outside this bench (should be ~0)"
+echo "other%: share of the machine's CPU used during the run by processes outside this bench; steal%: taken by the hypervisor (both should be ~0)"
 echo
 echo "ratio_payhook_vs_nginx=$RATIO"
 echo "added_p50_ms=$ADDED_P50"

@@ -148,9 +148,11 @@ return 1
 
 pub struct RedisLedger {
     client: redis::Client,
+    /// The shared connection, created on the notify runtime so its I/O task runs there, not on
+    /// whichever runtime (the one-thread admin runtime via `/readyz`, the sweep's) called first.
     conn: OnceCell<ConnectionManager>,
-    /// The notify runtime: the connection's I/O task runs there, not on whichever runtime
-    /// (often the one-thread admin runtime, via `/readyz`) happened to call first.
+    /// Serves the admin API and the sweep until the first notification tells the notify runtime.
+    early: OnceCell<ConnectionManager>,
     home: OnceLock<tokio::runtime::Handle>,
     prefix: String,
     done_ttl_ms: i64,
@@ -176,6 +178,7 @@ impl RedisLedger {
         Ok(RedisLedger {
             client,
             conn: OnceCell::new(),
+            early: OnceCell::new(),
             home: OnceLock::new(),
             prefix: prefix.to_string(),
             done_ttl_ms: millis(retention.done_ttl),
@@ -206,17 +209,17 @@ impl RedisLedger {
     /// Connects on first use: pingora creates its runtimes only when the server starts, and a
     /// Redis that is down at start-up must not keep payhook from starting (it answers failure).
     async fn conn(&self) -> Result<ConnectionManager, LedgerError> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| async {
-                let connect = ConnectionManager::new_with_config(self.client.clone(), self.manager_config());
-                match self.home.get() {
-                    Some(home) => home.spawn(connect).await.map_err(|e| LedgerError::Unavailable(e.to_string()))?,
-                    None => connect.await,
-                }
-                .map_err(unavailable)
-            })
-            .await?;
+        let connect = || ConnectionManager::new_with_config(self.client.clone(), self.manager_config());
+        let conn = match self.home.get() {
+            Some(home) => {
+                self.conn
+                    .get_or_try_init(|| async {
+                        home.spawn(connect()).await.map_err(|e| LedgerError::Unavailable(e.to_string()))?.map_err(unavailable)
+                    })
+                    .await?
+            }
+            None => self.early.get_or_try_init(|| async { connect().await.map_err(unavailable) }).await?,
+        };
         Ok(conn.clone())
     }
 
@@ -332,19 +335,7 @@ impl Ledger for RedisLedger {
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
-        bounded(self.timeout, async {
-            if self.conn.get().is_none() && self.home.get().is_none() {
-                // Before the first notification: probe with a throwaway connection rather than
-                // tie the shared connection's I/O task to the caller's (admin) runtime.
-                let mut probe = self.client.get_multiplexed_async_connection().await.map_err(unavailable)?;
-                let _: String = redis::cmd("PING").query_async(&mut probe).await.map_err(unavailable)?;
-                return Ok(());
-            }
-            let mut conn = self.conn().await?;
-            let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        self.with_conn(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await.map(|_| ())
     }
 
     async fn register(&self, key: &PaymentId, r: &Registration) -> Result<Registered, LedgerError> {
