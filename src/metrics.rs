@@ -130,6 +130,29 @@ pub fn init() {
     Lazy::force(&PAYMENT_TO_DELIVERY);
 }
 
+/// Creates the series of every configured account and type at zero, so `increase()` and
+/// `rate()` see the first event after a start (a counter that appears at 1 has no increase).
+pub fn init_series(accounts: &[&str], types: &[&str]) {
+    const OUTCOMES: &[&str] = &["forwarded", "duplicate", "in_flight", "not_paid", "stale", "type_mismatch", "quarantined", "dismissed", "rejected", "backend_failed", "ledger_unavailable"];
+    for account in accounts {
+        for order_type in types {
+            for outcome in OUTCOMES {
+                NOTIFICATIONS.with_label_values(&[account, order_type, outcome]);
+            }
+            TYPE_CONFLICTS.with_label_values(&[account, order_type]);
+            RECOVERED.with_label_values(&[account, order_type]);
+            for reason in ["amount_mismatch", "type_mismatch", "unregistered"] {
+                QUARANTINED.with_label_values(&[account, order_type, reason]);
+            }
+        }
+        for result in ["paid", "not_paid", "closed", "error", "throttled"] {
+            RECONCILE_QUERIES.with_label_values(&[account, result]);
+        }
+        ORDERS_PENDING.with_label_values(&[account]);
+        OLDEST_PENDING.with_label_values(&[account]);
+    }
+}
+
 /// The Prometheus text exposition of every registered metric.
 pub fn render() -> Vec<u8> {
     use prometheus::Encoder;

@@ -51,6 +51,9 @@ fn create_run_dirs(files: &[&str]) -> Result<(), LedgerError> {
 /// `config_path` is re-read on SIGHUP.
 pub fn build_server(config: Config, config_path: &Path, opt: Option<Opt>) -> Result<Server, LedgerError> {
     metrics::init();
+    let accounts: Vec<&str> = config.accounts.keys().map(String::as_str).collect();
+    let types: Vec<&str> = config.routes.keys().map(String::as_str).collect();
+    metrics::init_series(&accounts, &types);
     let s = config.server.clone();
     let take_over = opt.as_ref().is_some_and(|o| o.upgrade);
     create_run_dirs(&[&s.pid_file, &s.upgrade_sock])?;
