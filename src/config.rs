@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::envelope::{Envelope, EnvelopeMode};
 use crate::flow::{settle_reserve, LEASE_MARGIN};
+use crate::ledger::redis::{Deployment, RedisTls};
 use crate::ledger::PaymentId;
 use crate::forward::Backend;
 use crate::provider::{self, Provider};
@@ -104,7 +105,24 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LedgerBackend {
     Embedded { path: PathBuf },
-    Redis { url: String },
+    /// `redis`, `redis-sentinel` or `redis-cluster`, with TLS files when configured.
+    Redis { deployment: Deployment, tls: RedisTlsFiles },
+}
+
+/// `[ledger] tls_ca_file`, `tls_cert_file`, `tls_key_file` (PEM), for every Redis mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTlsFiles {
+    /// The files' contents (read again when the ledger opens).
+    pub fn load(&self) -> std::io::Result<RedisTls> {
+        let read = |p: &Option<PathBuf>| p.as_ref().map(std::fs::read).transpose();
+        Ok(RedisTls { ca: read(&self.ca_file)?, client_cert: read(&self.cert_file)?, client_key: read(&self.key_file)? })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +220,12 @@ struct RawLedger {
     backend: String,
     path: Option<PathBuf>,
     url: Option<String>,
+    sentinels: Option<Vec<String>>,
+    master_name: Option<String>,
+    nodes: Option<Vec<String>>,
+    tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
     #[serde(default = "default_prefix")]
     key_prefix: String,
     #[serde(default = "default_done_ttl", with = "humantime_serde")]
@@ -358,12 +382,50 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
         "embedded" => LedgerBackend::Embedded {
             path: dir.resolve(raw.ledger.path.as_deref().unwrap_or(Path::new("data/ledger"))),
         },
-        "redis" => {
-            let url = raw.ledger.url.ok_or_else(|| ConfigError::invalid("ledger.url", "required for the redis ledger"))?;
-            redis::Client::open(url.as_str()).map_err(|e| ConfigError::invalid("ledger.url", e))?;
-            LedgerBackend::Redis { url }
+        kind @ ("redis" | "redis-sentinel" | "redis-cluster") => {
+            let l = &raw.ledger;
+            let urls = |key: &str, urls: &Option<Vec<String>>| -> Result<Vec<String>, ConfigError> {
+                let urls = urls.clone().filter(|u| !u.is_empty()).ok_or_else(|| ConfigError::invalid(key, format!("required for the {kind} ledger")))?;
+                for url in &urls {
+                    redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|e| ConfigError::invalid(key, e))?;
+                }
+                Ok(urls)
+            };
+            let deployment = match kind {
+                "redis" => {
+                    let url = urls("ledger.url", &l.url.clone().map(|u| vec![u]))?.remove(0);
+                    Deployment::Single { url }
+                }
+                "redis-sentinel" => Deployment::Sentinel {
+                    sentinels: urls("ledger.sentinels", &l.sentinels)?,
+                    master_name: l.master_name.clone().filter(|m| !m.is_empty()).ok_or_else(|| ConfigError::invalid("ledger.master_name", "required for the redis-sentinel ledger"))?,
+                },
+                _ => Deployment::Cluster { nodes: urls("ledger.nodes", &l.nodes)? },
+            };
+            let tls = RedisTlsFiles {
+                ca_file: l.tls_ca_file.as_ref().map(|p| dir.resolve(p)),
+                cert_file: l.tls_cert_file.as_ref().map(|p| dir.resolve(p)),
+                key_file: l.tls_key_file.as_ref().map(|p| dir.resolve(p)),
+            };
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(ConfigError::invalid("ledger.tls_cert_file", "tls_cert_file and tls_key_file go together"));
+            }
+            for (key, path) in [("ledger.tls_ca_file", &l.tls_ca_file), ("ledger.tls_cert_file", &l.tls_cert_file), ("ledger.tls_key_file", &l.tls_key_file)] {
+                if let Some(path) = path {
+                    let pem = dir.read(key, path)?;
+                    if !String::from_utf8_lossy(&pem).contains("-----BEGIN") {
+                        return Err(ConfigError::invalid(key, "is not PEM"));
+                    }
+                }
+            }
+            LedgerBackend::Redis { deployment, tls }
         }
-        other => return Err(ConfigError::invalid("ledger.backend", format!("unknown backend {other:?} (embedded | redis)"))),
+        other => {
+            return Err(ConfigError::invalid(
+                "ledger.backend",
+                format!("unknown backend {other:?} (embedded | redis | redis-sentinel | redis-cluster)"),
+            ))
+        }
     };
     let run_dir = default_run_dir(&ledger_backend, dir);
     let pid_file = raw.server.pid_file.map(|p| dir.resolve(&p)).unwrap_or_else(|| run_dir.join("payhook.pid"));

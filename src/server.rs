@@ -29,7 +29,10 @@ pub fn open_ledger(config: &Config, take_over: bool) -> Result<Arc<dyn Ledger>, 
     Ok(match &l.backend {
         // A call waits for the file while the old process settles, within a reply budget.
         LedgerBackend::Embedded { path } => Arc::new(Embedded::open(path, retention, l.timeout, config.server.reply_budget, take_over)?),
-        LedgerBackend::Redis { url } => Arc::new(RedisLedger::new(url, &l.key_prefix, retention, l.timeout)?),
+        LedgerBackend::Redis { deployment, tls } => {
+            let tls = tls.load().map_err(|e| LedgerError::Unavailable(format!("reading the ledger's TLS files: {e}")))?;
+            Arc::new(RedisLedger::with_deployment(deployment, &tls, &l.key_prefix, retention, l.timeout)?)
+        }
     })
 }
 

@@ -9,13 +9,13 @@
 //! cluster slot, so every script touches one slot.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
-use tokio::sync::OnceCell;
 
 use super::{
     bounded, millis, quarantine_reason, Claim, ClaimRequest, Index, Lease, Ledger, LedgerError, OrderRecord, OrderState, Owned, PaymentId,
@@ -146,14 +146,145 @@ redis.call('HSET', KEYS[1], 'last_replay', ARGV[1])
 return 1
 "#;
 
+/// Where the Redis ledger lives. Each mode uses Redis's own replication and failover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deployment {
+    /// One Redis (`redis://` or `rediss://`).
+    Single { url: String },
+    /// The master Sentinel names `master_name`; followed through a failover.
+    Sentinel { sentinels: Vec<String>, master_name: String },
+    /// A Redis Cluster reached through its seed `nodes`.
+    Cluster { nodes: Vec<String> },
+}
+
+/// PEM bytes for TLS to Redis: a private CA, and an optional client certificate.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca: Option<Vec<u8>>,
+    pub client_cert: Option<Vec<u8>>,
+    pub client_key: Option<Vec<u8>>,
+}
+
+impl RedisTls {
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca.is_none() && self.client_cert.is_none() {
+            return None;
+        }
+        let client_tls = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+            _ => None,
+        };
+        Some(redis::TlsCertificates { client_tls, root_cert: self.ca.clone() })
+    }
+}
+
+/// Opens connections for a [`Deployment`].
+enum Connector {
+    Single(redis::Client),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Connector {
+    fn new(deployment: &Deployment, tls: &RedisTls, timeout: Duration) -> Result<Connector, redis::RedisError> {
+        let certificates = tls.certificates();
+        Ok(match deployment {
+            Deployment::Single { url } => match certificates {
+                Some(certs) => Connector::Single(redis::Client::build_with_tls(url.as_str(), certs)?),
+                None => Connector::Single(redis::Client::open(url.as_str())?),
+            },
+            Deployment::Sentinel { sentinels, master_name } => {
+                let infos: Vec<redis::ConnectionInfo> =
+                    sentinels.iter().map(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str())).collect::<Result<_, _>>()?;
+                let secure = infos.iter().any(|i| matches!(i.addr(), redis::ConnectionAddr::TcpTls { .. }));
+                let mut builder = redis::sentinel::SentinelClientBuilder::new(
+                    infos.iter().map(|i| i.addr().clone()),
+                    master_name,
+                    redis::sentinel::SentinelServerType::Master,
+                )?;
+                if secure || certificates.is_some() {
+                    builder = builder
+                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+                }
+                if let Some(certs) = certificates {
+                    builder = builder.set_client_to_redis_certificates(certs.clone()).set_client_to_sentinel_certificates(certs);
+                }
+                Connector::Sentinel(tokio::sync::Mutex::new(builder.build()?))
+            }
+            Deployment::Cluster { nodes } => {
+                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2);
+                if let Some(certs) = certificates {
+                    builder = builder.certs(certs);
+                }
+                Connector::Cluster(builder.build()?)
+            }
+        })
+    }
+
+    async fn connect(&self, config: ConnectionManagerConfig) -> Result<Conn, redis::RedisError> {
+        Ok(match self {
+            Connector::Single(client) => Conn::Managed(ConnectionManager::new_with_config(client.clone(), config).await?),
+            // The master Sentinel names now; a failover is noticed by an error, which drops this
+            // connection so the next call asks the sentinels again.
+            Connector::Sentinel(sentinel) => {
+                let client = sentinel.lock().await.async_get_client().await?;
+                Conn::Managed(ConnectionManager::new_with_config(client, config).await?)
+            }
+            Connector::Cluster(cluster) => Conn::Cluster(cluster.get_async_connection().await?),
+        })
+    }
+}
+
+/// A connection of any deployment: the scripts and commands run on it unchanged.
+#[derive(Clone)]
+enum Conn {
+    Managed(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a redis::Pipeline, offset: usize, count: usize) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Managed(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+struct Slot {
+    conn: Conn,
+    /// Created on the notify runtime (its I/O task runs there).
+    on_home: bool,
+}
+
 pub struct RedisLedger {
-    client: redis::Client,
-    /// The shared connection, created on the notify runtime so its I/O task runs there, not on
-    /// whichever runtime (the one-thread admin runtime via `/readyz`, the sweep's) called first.
-    conn: OnceCell<ConnectionManager>,
-    /// Serves the admin API and the sweep until the first notification tells the notify runtime.
-    early: OnceCell<ConnectionManager>,
+    connector: Arc<Connector>,
+    /// The shared connection. Created on the notify runtime once that is known (the first
+    /// notification), so its I/O task runs there and not on whichever runtime (the one-thread
+    /// admin runtime via `/readyz`, the sweep's) called first; until then the caller's.
+    slot: ArcSwapOption<Slot>,
+    connecting: tokio::sync::Mutex<()>,
     home: OnceLock<tokio::runtime::Handle>,
+    /// Sentinel: an error may mean a failover, so the connection is dropped and the master looked up again.
+    follow_failover: bool,
     prefix: String,
     done_ttl_ms: i64,
     horizon_ms: i64,
@@ -173,13 +304,18 @@ pub struct RedisLedger {
 
 impl RedisLedger {
     pub fn new(url: &str, prefix: &str, retention: Retention, timeout: Duration) -> Result<Self, LedgerError> {
-        let client = redis::Client::open(url).map_err(|e| LedgerError::Unavailable(e.to_string()))?;
+        Self::with_deployment(&Deployment::Single { url: url.to_string() }, &RedisTls::default(), prefix, retention, timeout)
+    }
+
+    pub fn with_deployment(deployment: &Deployment, tls: &RedisTls, prefix: &str, retention: Retention, timeout: Duration) -> Result<Self, LedgerError> {
+        let connector = Connector::new(deployment, tls, timeout).map_err(|e| LedgerError::Unavailable(e.to_string()))?;
         let script = |body: &str| Script::new(&format!("{NOW}{body}"));
         Ok(RedisLedger {
-            client,
-            conn: OnceCell::new(),
-            early: OnceCell::new(),
+            connector: Arc::new(connector),
+            slot: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
             home: OnceLock::new(),
+            follow_failover: matches!(deployment, Deployment::Sentinel { .. }),
             prefix: prefix.to_string(),
             done_ttl_ms: millis(retention.done_ttl),
             horizon_ms: millis(retention.dedupe_horizon),
@@ -206,21 +342,29 @@ impl RedisLedger {
             .set_max_delay(Duration::from_millis(200))
     }
 
+    fn usable(&self, slot: &Slot) -> bool {
+        slot.on_home || self.home.get().is_none()
+    }
+
     /// Connects on first use: pingora creates its runtimes only when the server starts, and a
     /// Redis that is down at start-up must not keep payhook from starting (it answers failure).
-    async fn conn(&self) -> Result<ConnectionManager, LedgerError> {
-        let connect = || ConnectionManager::new_with_config(self.client.clone(), self.manager_config());
-        let conn = match self.home.get() {
-            Some(home) => {
-                self.conn
-                    .get_or_try_init(|| async {
-                        home.spawn(connect()).await.map_err(|e| LedgerError::Unavailable(e.to_string()))?.map_err(unavailable)
-                    })
-                    .await?
-            }
-            None => self.early.get_or_try_init(|| async { connect().await.map_err(unavailable) }).await?,
+    async fn conn(&self) -> Result<Conn, LedgerError> {
+        if let Some(slot) = self.slot.load_full().filter(|s| self.usable(s)) {
+            return Ok(slot.conn.clone());
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(slot) = self.slot.load_full().filter(|s| self.usable(s)) {
+            return Ok(slot.conn.clone());
+        }
+        let (connector, config) = (self.connector.clone(), self.manager_config());
+        let connect = async move { connector.connect(config).await };
+        let (conn, on_home) = match self.home.get() {
+            Some(home) => (home.spawn(connect).await.map_err(|e| LedgerError::Unavailable(e.to_string()))?, true),
+            None => (connect.await, false),
         };
-        Ok(conn.clone())
+        let conn = conn.map_err(unavailable)?;
+        self.slot.store(Some(Arc::new(Slot { conn: conn.clone(), on_home })));
+        Ok(conn)
     }
 
     fn key(&self, key: &PaymentId) -> String {
@@ -238,10 +382,14 @@ impl RedisLedger {
     /// Runs `f` with a connection, bounded by the ledger timeout.
     async fn with_conn<T, F, Fut>(&self, f: F) -> Result<T, LedgerError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
-        bounded(self.timeout, async { f(self.conn().await?).await.map_err(unavailable) }).await
+        let result = bounded(self.timeout, async { f(self.conn().await?).await.map_err(unavailable) }).await;
+        if result.is_err() && self.follow_failover {
+            self.slot.store(None);
+        }
+        result
     }
 }
 
@@ -543,7 +691,7 @@ mod tests {
         };
         let Claim::Owned(owned) = ledger.claim(&id, req).await.unwrap() else { panic!() };
         assert!(ledger.complete(&id, &owned.lease, "{}").await.unwrap());
-        let mut conn = ledger.client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = redis::Client::open(test_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
         let marker = format!("{prefix}wechat:1230000109:o-1");
         let ttl: i64 = redis::cmd("PTTL").arg(&marker).query_async(&mut conn).await.unwrap();
         assert!(ttl > millis(retention.dedupe_horizon) - 60_000, "marker lives for the horizon: {ttl}");

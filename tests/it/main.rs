@@ -9,5 +9,6 @@ mod leaks;
 mod examples;
 mod providers;
 mod reconcile;
+mod redis_ha;
 #[allow(dead_code)] // shared with benches/; not every helper is used by every binary
 mod support;

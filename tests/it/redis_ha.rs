@@ -1,0 +1,322 @@
+//! The Redis ledger beyond one plain Redis: TLS (private CA, client certificate), Sentinel
+//! failover and Cluster resharding + failover, each under traffic with exactly-once forwards.
+//! Every server here is a real `redis-server` started by the test on free ports.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A `redis-server` child with its own arguments; killed on drop.
+struct Node {
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(args: &[String]) -> Node {
+        let child = Command::new("redis-server").args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server");
+        Node { child: Some(child) }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed (scripts/setup.sh)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn make_ca(dir: &Path, ca: &str) {
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-days", "2", "-subj", &format!("/CN={ca}")]);
+}
+
+fn issue(dir: &Path, ca: &str, name: &str, san: &str) {
+    std::fs::write(dir.join(format!("{name}.ext")), format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n")).unwrap();
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
+    openssl(
+        dir,
+        &[
+            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial",
+            "-out", &format!("{name}.pem"), "-days", "2", "-extfile", &format!("{name}.ext"),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rediss_with_a_private_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_ca(d, "other-ca");
+    issue(d, "ca", "server", "IP:127.0.0.1,DNS:localhost");
+    issue(d, "ca", "client", "DNS:payhook");
+    let port = free_port();
+    let path = |f: &str| d.join(f).display().to_string();
+    let _redis = Node::start(&[
+        "--port".into(), "0".into(), "--tls-port".into(), port.to_string(), "--bind".into(), "127.0.0.1".into(),
+        "--tls-cert-file".into(), path("server.pem"), "--tls-key-file".into(), path("server.key"),
+        "--tls-ca-cert-file".into(), path("ca.pem"), "--tls-auth-clients".into(), "yes".into(),
+        "--save".into(), "".into(), "--appendonly".into(), "no".into(),
+    ]);
+    let ledger = |ca: &str| {
+        format!(
+            "[ledger]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:{port}/0\"\nkey_prefix = \"{}:\"\ntimeout = \"300ms\"\n\
+             tls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            unique("tls"),
+            path(ca),
+            path("client.pem"),
+            path("client.key")
+        )
+    };
+    let backend = ok_backend().await;
+    let gw = Payhook::start(&config(&ledger("ca.pem"), &backend.url("/pay"), "")).await;
+    let wx = WxV3::public_key_mode();
+    let (h, b) = wx.paid("tls-1", 100);
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    assert_eq!(backend.count(), 1, "deduped over TLS");
+    assert_eq!(http::get(gw.admin, "/readyz", &[]).await.status, 200);
+    assert!(!gw.logs().contains("BEGIN"), "no key material in logs");
+
+    // A server certificate from another CA is refused: fail closed, nothing forwarded.
+    let refused = Payhook::start(&config(&ledger("other-ca.pem"), &backend.url("/pay"), "")).await;
+    let (h, b) = wx.paid("tls-2", 100);
+    let r = refused.post("/notify/wx/goods", &h, b.as_bytes()).await;
+    assert_eq!((r.status, r.text()), (500, r#"{"code":"FAIL","message":"ledger_unavailable"}"#.to_string()));
+    assert_eq!(http::get(refused.admin, "/readyz", &[]).await.status, 503);
+    assert_eq!(backend.count(), 1);
+}
+
+/// A provider: resends each order until payhook acknowledges it (204). Returns, per order, how
+/// many times the backend got it, and the longest stretch without an acknowledgement.
+struct Provider {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    outage: Arc<Mutex<(Option<Instant>, Duration)>>,
+    acked: Arc<Mutex<HashSet<String>>>,
+    sent: Arc<Mutex<Vec<String>>>,
+}
+
+impl Provider {
+    fn start(addrs: Vec<std::net::SocketAddr>, workers: usize, run: &str) -> Provider {
+        let stop = Arc::new(AtomicBool::new(false));
+        let outage = Arc::new(Mutex::new((None::<Instant>, Duration::ZERO)));
+        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..workers)
+            .map(|w| {
+                let (stop, outage, acked, sent, addrs, run) = (stop.clone(), outage.clone(), acked.clone(), sent.clone(), addrs.clone(), run.to_string());
+                tokio::spawn(async move {
+                    let wx = WxV3::public_key_mode();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let order = format!("{run}-{w}-{i}");
+                        sent.lock().unwrap().push(order.clone());
+                        // Resend until acknowledged, as a provider does (faster, for the test).
+                        loop {
+                            let (h, b) = wx.paid(&order, 100);
+                            let hs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                            let addr = addrs[i % addrs.len()];
+                            let ok = matches!(send(addr, "POST", "/notify/wx/goods", &hs, b.as_bytes()).await, Ok(r) if r.status == 204);
+                            {
+                                let mut o = outage.lock().unwrap();
+                                if !ok {
+                                    o.0.get_or_insert_with(Instant::now);
+                                } else if let Some(since) = o.0.take() {
+                                    o.1 = o.1.max(since.elapsed());
+                                }
+                            }
+                            if ok {
+                                acked.lock().unwrap().insert(order.clone());
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        i += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+            })
+            .collect();
+        Provider { stop, tasks, outage, acked, sent }
+    }
+
+    /// Stops sending new orders, waits for every sent one to be acknowledged.
+    async fn finish(self) -> (Vec<String>, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            tokio::time::timeout(Duration::from_secs(60), t).await.expect("every order acknowledged in time").unwrap();
+        }
+        let sent = self.sent.lock().unwrap().clone();
+        assert_eq!(self.acked.lock().unwrap().len(), sent.len());
+        let longest = self.outage.lock().unwrap().1;
+        (sent, longest)
+    }
+}
+
+/// Orders → how many times the backend answered `{"code":0}` for them.
+fn forwards(backend: &TestServer) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for req in backend.requests() {
+        *counts.entry(open_ecb(&req.body, NOTIFY_KEY)["out_trade_no"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinel_failover_under_traffic_forwards_each_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master_port, replica_port) = (free_port(), free_port());
+    let plain = |port: u16| vec!["--port".into(), port.to_string(), "--bind".into(), "127.0.0.1".into(), "--save".into(), "".into()];
+    let mut master = Node::start(&plain(master_port));
+    let mut replica_args = plain(replica_port);
+    replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), master_port.to_string()]);
+    let _replica = Node::start(&replica_args);
+    let mut sentinels = Vec::new();
+    let mut sentinel_ports = Vec::new();
+    for n in 0..3 {
+        let port = free_port();
+        let conf = dir.path().join(format!("sentinel-{n}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor pm 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds pm 1000\nsentinel failover-timeout pm 4000\nsentinel parallel-syncs pm 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        sentinels.push(Node::start(&[conf.display().to_string(), "--sentinel".into()]));
+        sentinel_ports.push(port);
+    }
+    wait_for("replica in sync", Duration::from_secs(20), || cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up")).await;
+    wait_for("sentinels know the replica and each other", Duration::from_secs(30), || {
+        sentinel_ports.iter().all(|p| {
+            cli(*p, &["SENTINEL", "replicas", "pm"]).contains(&replica_port.to_string()) && cli(*p, &["SENTINEL", "sentinels", "pm"]).lines().filter(|l| *l == "name").count() == 2
+        })
+    })
+    .await;
+
+    let urls: Vec<String> = sentinel_ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
+    let ledger = format!(
+        "[ledger]\nbackend = \"redis-sentinel\"\nsentinels = [{}]\nmaster_name = \"pm\"\nkey_prefix = \"{}:\"\ntimeout = \"300ms\"\n",
+        urls.join(", "),
+        unique("sentinel")
+    );
+    let backend = ok_backend().await;
+    let a = Payhook::start(&config(&ledger, &backend.url("/pay"), "")).await;
+    let b = a.sibling().await;
+    let provider = Provider::start(vec![a.addr, b.addr], 4, &unique("sent"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    master.kill();
+    wait_for("a new master", Duration::from_secs(30), || cli(sentinel_ports[0], &["SENTINEL", "get-master-addr-by-name", "pm"]).contains(&replica_port.to_string())).await;
+    let failover = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (sent, without_ledger) = provider.finish().await;
+    let counts = forwards(&backend);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "sentinel failover: orders={} forwards={} forwarded_twice={} sentinel_failover={failover:?} longest_without_ledger={without_ledger:?}",
+        sent.len(),
+        backend.count(),
+        twice.len()
+    );
+    assert!(sent.iter().all(|o| counts.contains_key(o)), "every acknowledged order reached the backend");
+    assert!(twice.is_empty(), "forwarded twice: {twice:?}");
+    assert!(without_ledger < Duration::from_secs(15), "{without_ledger:?} without a ledger");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_reshard_and_failover_under_traffic_forward_each_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let mut nodes: Vec<Node> = ports
+        .iter()
+        .map(|p| {
+            Node::start(&[
+                "--port".into(), p.to_string(), "--bind".into(), "127.0.0.1".into(), "--cluster-enabled".into(), "yes".into(),
+                "--cluster-config-file".into(), dir.path().join(format!("nodes-{p}.conf")).display().to_string(),
+                "--cluster-node-timeout".into(), "1000".into(), "--save".into(), "".into(), "--appendonly".into(), "no".into(),
+                "--dir".into(), dir.path().display().to_string(),
+            ])
+        })
+        .collect();
+    wait_for("nodes up", Duration::from_secs(10), || ports.iter().all(|p| cli(*p, &["PING"]) == "PONG")).await;
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new("redis-cli").arg("--cluster").arg("create").args(&addrs).args(["--cluster-replicas", "1", "--cluster-yes"]).output().unwrap();
+    assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+    wait_for("cluster ok", Duration::from_secs(30), || ports.iter().all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))).await;
+
+    let seeds: Vec<String> = ports[..3].iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
+    let ledger = format!("[ledger]\nbackend = \"redis-cluster\"\nnodes = [{}]\nkey_prefix = \"{}:\"\ntimeout = \"500ms\"\n", seeds.join(", "), unique("cluster"));
+    let backend = ok_backend().await;
+    let a = Payhook::start(&config(&ledger, &backend.url("/pay"), "")).await;
+    let b = a.sibling().await;
+    let provider = Provider::start(vec![a.addr, b.addr], 4, &unique("clu"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Move 2000 slots from one master to another while notifications flow.
+    let masters: Vec<(u16, String)> = ports
+        .iter()
+        .filter(|p| cli(**p, &["ROLE"]).starts_with("master"))
+        .map(|p| (*p, cli(*p, &["CLUSTER", "MYID"])))
+        .collect();
+    assert_eq!(masters.len(), 3);
+    let reshard = Command::new("redis-cli")
+        .args(["--cluster", "reshard", &format!("127.0.0.1:{}", masters[0].0), "--cluster-from", &masters[0].1, "--cluster-to", &masters[1].1])
+        .args(["--cluster-slots", "2000", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(reshard.status.success(), "reshard: {}", String::from_utf8_lossy(&reshard.stderr));
+    wait_for("cluster ok after resharding", Duration::from_secs(30), || cli(ports[0], &["CLUSTER", "INFO"]).contains("cluster_state:ok")).await;
+
+    // Then a master dies; its replica takes over.
+    let victim = ports.iter().position(|p| *p == masters[2].0).unwrap();
+    let killed = Instant::now();
+    nodes[victim].kill();
+    let survivor = masters[0].0;
+    wait_for("failover", Duration::from_secs(30), || cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok") && cli(survivor, &["CLUSTER", "NODES"]).contains("fail")).await;
+    let failover = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (sent, without_ledger) = provider.finish().await;
+    let counts = forwards(&backend);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "cluster reshard+failover: orders={} forwards={} forwarded_twice={} failover={failover:?} longest_without_ledger={without_ledger:?}",
+        sent.len(),
+        backend.count(),
+        twice.len()
+    );
+    assert!(sent.iter().all(|o| counts.contains_key(o)), "every acknowledged order reached the backend");
+    assert!(twice.is_empty(), "forwarded twice: {twice:?}");
+}
