@@ -10,6 +10,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v php >/dev/null || need+=(php-cli)              # the PHP example backend's tests
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)           # the Redis TLS test's CA and certificates
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
