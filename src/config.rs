@@ -100,6 +100,16 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     pub grace_period: Duration,
     pub upstream_ca_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+}
+
+/// `[server] log_format` (or `run --log-format`): one JSON object per line for collectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +222,8 @@ struct RawServer {
     grace_period: Duration,
     /// PEM bundle of CAs trusted for https backends and provider APIs (default: platform roots).
     upstream_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    log_format: LogFormat,
 }
 
 #[derive(Deserialize)]
@@ -443,6 +455,7 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
         upgrade_sock: upgrade_sock.display().to_string(),
         grace_period: raw.server.grace_period,
         upstream_ca_file: raw.server.upstream_ca_file.map(|p| dir.resolve(&p)),
+        log_format: raw.server.log_format,
     };
 
     let ledger = LedgerSettings {

@@ -12,6 +12,8 @@ use base64::Engine;
 
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
+
+use crate::context::RequestContext;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
@@ -232,8 +234,17 @@ impl Forwarder {
     }
 
     /// POSTs an order envelope; Ok only on 2xx with `{"code":0}`.
+    /// The running request's id goes along as `X-Request-Id` (and its `traceparent`).
     pub async fn deliver(&self, backend: &Backend, body: Vec<u8>, timeout: Duration) -> Result<(), ForwardError> {
-        let reply = self.exchange(backend, "POST", &[("Content-Type", "application/json")], Bytes::from(body), timeout).await?;
+        let context = RequestContext::current();
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(context) = &context {
+            headers.push(("X-Request-Id", &context.request_id));
+            if let Some(traceparent) = &context.traceparent {
+                headers.push(("traceparent", traceparent));
+            }
+        }
+        let reply = self.exchange(backend, "POST", &headers, Bytes::from(body), timeout).await?;
         if !(200..300).contains(&reply.status) {
             return Err(ForwardError::Status(reply.status));
         }

@@ -11,6 +11,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::context::RequestContext;
 use crate::flow::Gateway;
 use crate::metrics;
 use crate::provider::Reply;
@@ -124,7 +125,9 @@ impl ServeHttp for NotifyApp {
                 return plain(status, text);
             }
         };
-        match self.gateway.notify(account, order_type, &session.req_header().headers, &body).await {
+        let headers = &session.req_header().headers;
+        let context = RequestContext::from_headers(headers);
+        match context.scope("notification", self.gateway.notify(account, order_type, headers, &body)).await {
             Ok(decision) => respond(&decision.reply),
             Err(_) => plain(404, "not found"),
         }

@@ -6,6 +6,7 @@
 //! answers the provider "success" only when the backend answered `{"code":0}`.
 //!
 //! # Layout
+//! - [`context`]: the request id (and `traceparent`) that follows one request into the backend call.
 //! - [`config`]: TOML with `${ENV}` / `*_file` secrets, parsed once into ready objects.
 //! - [`provider`]: one file per payment provider behind the [`provider::Provider`] trait:
 //!   verify raw bytes, normalise the order, build the provider's exact replies. No I/O.
@@ -27,6 +28,7 @@
 pub mod active;
 pub mod admin;
 pub mod config;
+pub mod context;
 pub mod envelope;
 pub mod flow;
 pub mod forward;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use payhook::config::Config;
+use payhook::config::{Config, LogFormat};
 use payhook::envelope::{Envelope, EnvelopeMode};
 use payhook::forward::{Backend, Forwarder};
 use payhook::provider::wechat_v2::SignKind;
@@ -37,6 +37,9 @@ enum Command {
         /// Take over the listeners of a running payhook (pingora graceful upgrade; then SIGQUIT the old one).
         #[arg(long, short)]
         upgrade: bool,
+        /// Overrides `[server] log_format`.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Validate a config (keys load, URLs parse, backends resolve) and exit.
     Check {
@@ -153,11 +156,18 @@ enum CharsetArg {
     Gbk,
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PAYHOOK_LOG").unwrap_or_else(|_| "info".into());
-    // Colour codes only for a terminal: log files and collectors get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+/// The level comes from `PAYHOOK_LOG`, else `RUST_LOG`, else `info`.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PAYHOOK_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        // One object per line; the request's span (request_id) is flattened into `span`.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+        // Colour codes only for a terminal: log files and collectors get plain text.
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -173,9 +183,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config, upgrade } => {
-            init_logging();
+        Command::Run { config, upgrade, log_format } => {
             let cfg = Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
+            init_logging(log_format.unwrap_or(cfg.server.log_format));
             let (listen, admin) = (cfg.server.listen.clone(), cfg.server.admin_listen.clone());
             let opt = pingora::server::configuration::Opt { upgrade, ..Default::default() };
             let server = payhook::server::build_server(cfg, &config, Some(opt)).context("opening the ledger")?;

@@ -49,6 +49,7 @@ pub fn restart_only_changes(server: &ServerSettings, ledger: &LedgerSettings, re
         ("server.upgrade_sock", server.upgrade_sock != s.upgrade_sock),
         ("server.grace_period", server.grace_period != s.grace_period),
         ("server.upstream_ca_file", server.upstream_ca_file != s.upstream_ca_file),
+        ("server.log_format", server.log_format != s.log_format),
         ("ledger.backend", ledger.backend != l.backend),
         ("ledger.key_prefix", ledger.key_prefix != l.key_prefix),
         ("ledger.done_ttl", ledger.done_ttl != l.done_ttl),

@@ -6,6 +6,7 @@ mod core;
 mod faults;
 mod integrity;
 mod leaks;
+mod ops;
 mod examples;
 mod providers;
 mod reconcile;

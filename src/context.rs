@@ -1,0 +1,75 @@
+//! The request id (and W3C `traceparent`) of one notification, sync or sweep check. Every log
+//! line of the request carries `request_id` (a tracing span), and the backend receives it as
+//! `X-Request-Id` (and `traceparent` when the provider sent one), so one id follows a payment
+//! from the provider's request to the backend's log.
+
+use tracing::Instrument;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub traceparent: Option<String>,
+}
+
+tokio::task_local! {
+    static CURRENT: RequestContext;
+}
+
+impl RequestContext {
+    /// From the incoming headers: a sane `X-Request-Id` is kept (a load balancer's), else a new one.
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let request_id = header("x-request-id")
+            .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        let traceparent = header("traceparent").filter(|t| is_traceparent(t)).map(str::to_string);
+        RequestContext { request_id, traceparent }
+    }
+
+    pub fn fresh() -> Self {
+        RequestContext { request_id: new_request_id(), traceparent: None }
+    }
+
+    /// Runs `fut` with this context: its log lines carry `request_id`, its backend calls send it.
+    pub async fn scope<F: std::future::Future>(self, name: &'static str, fut: F) -> F::Output {
+        let span = tracing::info_span!("request", request_id = %self.request_id, kind = name);
+        CURRENT.scope(self, fut.instrument(span)).await
+    }
+
+    /// The context of the running request, if any.
+    pub fn current() -> Option<RequestContext> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+}
+
+fn new_request_id() -> String {
+    crate::keys::random_hex(8)
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` (W3C Trace Context, version 00).
+fn is_traceparent(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2) && parts[1] != "0".repeat(32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_and_traceparents_are_kept_only_when_sane() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", "lb-123_abc".parse().unwrap());
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        let ctx = RequestContext::from_headers(&h);
+        assert_eq!(ctx.request_id, "lb-123_abc");
+        assert_eq!(ctx.traceparent.as_deref(), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        h.insert("x-request-id", "bad id\\n".parse().unwrap_or(http::HeaderValue::from_static("bad id")));
+        h.insert("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01".parse().unwrap());
+        let ctx = RequestContext::from_headers(&h);
+        assert_eq!(ctx.request_id.len(), 16);
+        assert_eq!(ctx.traceparent, None);
+    }
+}

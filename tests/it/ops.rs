@@ -1,0 +1,39 @@
+//! What an operator ships: JSON log lines with one request id per notification, the same id at
+//! the backend, and the caller's W3C `traceparent` passed along.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_one_request_id_which_the_backend_receives() {
+    let backend = ok_backend().await;
+    let cfg = config(&redis_ledger(REDIS), &backend.url("/pay"), "").replace("grace_period = \"0s\"", "grace_period = \"0s\"\nlog_format = \"json\"");
+    let gw = Payhook::start(&cfg).await;
+    let wx = WxV3::public_key_mode();
+    let (mut h, b) = wx.paid("json-1", 100);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    h.push(("traceparent".into(), traceparent.into()));
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    let req = &backend.requests()[0];
+    let request_id = req.headers["x-request-id"].clone();
+    assert_eq!(request_id.len(), 16);
+    assert_eq!(req.headers["traceparent"], traceparent);
+
+    // A load balancer's request id is kept.
+    let (mut h, b) = wx.paid("json-2", 100);
+    h.push(("X-Request-Id".into(), "lb-7f3a".into()));
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    assert_eq!(backend.requests()[1].headers["x-request-id"], "lb-7f3a");
+    assert!(!backend.requests()[1].headers.contains_key("traceparent"));
+
+    let logs = gw.logs();
+    let lines: Vec<Value> = logs.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let of_request: Vec<&Value> = lines.iter().filter(|l| l["span"]["request_id"] == request_id.as_str()).collect();
+    let decided = of_request.iter().find(|l| l["fields"]["message"] == "notification decided").expect("the decision line carries the request id");
+    assert_eq!((decided["fields"]["out_trade_no"].as_str(), decided["fields"]["outcome"].as_str()), (Some("json-1"), Some("forwarded")));
+    assert_eq!(decided["level"], "INFO");
+    assert!(lines.iter().any(|l| l["span"]["request_id"] == "lb-7f3a"));
+}
