@@ -34,7 +34,8 @@ FROM debian:bookworm-slim
 # permissions can name it.
 # /var/lib/payhook: working directory, and the embedded ledger's home if one is used
 #   (mount a volume there: [ledger] path = "/var/lib/payhook/ledger.redb").
-# /run/payhook: $RUNTIME_DIRECTORY, where payhook puts its pid file and upgrade socket.
+# /run/payhook: $RUNTIME_DIRECTORY, the default directory of the upgrade socket (and of
+#   pid_file, which pingora writes only when it daemonizes; payhook does not).
 #   payhook refuses a directory that other users can write, hence 0700.
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -14,7 +14,7 @@
 #
 # Env: DURATION (10s), THREADS (2), CONNECTIONS (32), PAYHOOK_BIN (default: build with
 # `cargo build --release --locked`), PAYHOOK_THREADS (2), NGINX_WORKERS (2),
-# PAYHOOK_LOG (info, payhook's default), N_FACTOR (1.5: pre-signed requests per expected one),
+# PAYHOOK_LOG (info, payhook's default), N_FACTOR (2: pre-signed requests per expected one),
 # WAIT_IDLE (60: seconds to wait for an idle machine before starting), KEEP_TMP=1 keeps the temp
 # dir (configs, logs, wrk outputs, request files).
 set -euo pipefail
@@ -24,7 +24,7 @@ THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 PAYHOOK_THREADS=${PAYHOOK_THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
-N_FACTOR=${N_FACTOR:-1.5}
+N_FACTOR=${N_FACTOR:-2}
 WAIT_IDLE=${WAIT_IDLE:-60}
 export PAYHOOK_LOG=${PAYHOOK_LOG:-info}
 

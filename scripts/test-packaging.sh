@@ -170,6 +170,7 @@ section "systemd unit"
 UNIT=deploy/systemd/payhook.service
 unit_has_settings() {
     local want missing=0
+    # shellcheck disable=SC2016 # $MAINPID is systemd's, literally
     for want in 'DynamicUser=yes' 'StateDirectory=payhook' 'RuntimeDirectory=payhook' 'ConfigurationDirectory=payhook' \
         'ExecStart=/usr/local/bin/payhook run --config /etc/payhook/payhook.toml' 'ExecReload=/bin/kill -HUP $MAINPID' \
         'Restart=on-failure' 'ProtectSystem=strict' 'ProtectHome=yes' 'PrivateTmp=yes' 'NoNewPrivileges=yes' \
@@ -278,7 +279,7 @@ assert "install -d -o payhook -g payhook -m 0700 /var/lib/payhook /run/payhook" 
 assert 'ENTRYPOINT ["payhook"]' in lines
 assert 'CMD ["run", "--config", "/etc/payhook/payhook.toml"]' in lines
 assert any(l.startswith("HEALTHCHECK ") for l in lines)
-di = open(".dockerignore").read().split()
+di = [l.strip() for l in open(".dockerignore") if l.strip() and not l.lstrip().startswith("#")]
 for need in ("target/", "**/target/", "fuzz/", ".git/"):
     assert need in di, f".dockerignore lacks {need}"
 for kept in ("src", "benches", "Cargo.toml", "Cargo.lock"):
@@ -556,9 +557,11 @@ assert sorted(o) == ["demo-1001", "demo-1002", "demo-1003", "demo-1004"] and all
     chmod 0644 "$E/payhook.toml"
     install -d -m 0700 "$R/run/payhook"
     AS_USER=()
+    RUN_UID=$(id -u)
     if is_root && have setpriv; then
         chown 10001:10001 "$R/run/payhook"
         AS_USER=(setpriv --reuid=10001 --regid=10001 --clear-groups)
+        RUN_UID=10001
     fi
     (cd "$E" && exec env PAYHOOK_ADMIN_TOKEN="$TOKEN" RUNTIME_DIRECTORY="$R/run/payhook" PAYHOOK_LOG=info \
         "${AS_USER[@]}" "$PAYHOOK" run --config "$E/payhook.toml") >"$R/payhook.log" 2>&1 &
@@ -577,14 +580,13 @@ EOF
     healthcheck() { bash "$R/healthcheck.sh"; }
     sed "s#/dev/tcp/127.0.0.1/$P_ADMIN#/dev/tcp/127.0.0.1/$P_TLS#" "$R/healthcheck.sh" >"$R/healthcheck-nothing.sh"
     if wait_for 20 healthcheck; then
-        ok "payhook up as $([ ${#AS_USER[@]} -gt 0 ] && echo uid 10001 || echo "$(id -un)"); the image's HEALTHCHECK command passes"
+        ok "payhook up as uid $RUN_UID; the image's HEALTHCHECK command passes"
     else
         bad "payhook did not become healthy (HEALTHCHECK command)"
         sed 's/^/     | /' "$R/payhook.log" | tail -n 20
     fi
     healthcheck_fails_when_down() { ! bash "$R/healthcheck-nothing.sh"; }
     check "HEALTHCHECK command fails when nothing listens on the port" healthcheck_fails_when_down
-    check "pid file in RUNTIME_DIRECTORY" test -s "$R/run/payhook/payhook.pid"
     check "GET /readyz is 200 with Redis up" test "$(http_status "http://127.0.0.1:$P_ADMIN/readyz")" = 200
 
     run_simulations() {
@@ -698,6 +700,33 @@ EOF
         check "orders.json: demo-1005 paid once through nginx" orders_as_expected "$R/data/orders.json" '{"demo-1005": [1, 1]}'
     else
         skip "nginx TLS rehearsal (nginx or openssl not installed)"
+    fi
+
+    # docs/production.md, "In place, without a gap": a second process with --upgrade waits on
+    # upgrade_sock in RUNTIME_DIRECTORY, SIGQUIT makes the old one hand over its listeners.
+    (cd "$E" && exec env PAYHOOK_ADMIN_TOKEN="$TOKEN" RUNTIME_DIRECTORY="$R/run/payhook" PAYHOOK_LOG=info \
+        "${AS_USER[@]}" "$PAYHOOK" run --config "$E/payhook.toml" --upgrade) >"$R/payhook-new.log" 2>&1 &
+    NEW_PID=$!
+    BG_PIDS+=("$NEW_PID")
+    upgrade_sock_bound() { [ -S "$R/run/payhook/payhook_upgrade.sock" ]; }
+    if wait_for 4 upgrade_sock_bound; then
+        ok "upgrade: the new process waits on RUNTIME_DIRECTORY/payhook_upgrade.sock"
+        kill -QUIT "$PAYHOOK_PID"
+        old_gone() { ! kill -0 "$PAYHOOK_PID" 2>/dev/null; }
+        new_alive() { kill -0 "$NEW_PID" 2>/dev/null; }
+        upgraded() {
+            wait_for 40 old_gone || { echo "the old process did not exit"; return 1; }
+            wait "$PAYHOOK_PID" 2>/dev/null || true
+            new_alive || { echo "the new process exited"; sed 's/^/  new: /' "$R/payhook-new.log" | tail -n 20; return 1; }
+            bash "$R/healthcheck.sh" || { echo "HEALTHCHECK fails after the upgrade"; return 1; }
+            (cd "$E" && "${AS_USER[@]}" "$PAYHOOK" simulate --provider wechat-v3 --to "http://127.0.0.1:$P_NOTIFY/notify/wx-demo/goods" \
+                --out-trade-no demo-1001 --total-fee 1234)
+        }
+        check "upgrade: SIGQUIT hands the listeners over; the old process exits, the new one answers" upgraded
+        PAYHOOK_PID=$NEW_PID
+    else
+        bad "upgrade: no upgrade socket appeared in RUNTIME_DIRECTORY"
+        sed 's/^/     | /' "$R/payhook-new.log" | tail -n 20
     fi
 
     # Readiness follows the ledger: Redis down, /readyz 503 while /healthz stays 200.

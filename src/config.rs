@@ -101,6 +101,12 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     pub upstream_ca_file: Option<PathBuf>,
     pub log_format: LogFormat,
+    /// HTTPS on the notify listener: (certificate chain, key), PEM.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The admin listener uses the same certificate.
+    pub admin_tls: bool,
+    /// Seconds until the certificate expires, when it is configured (for `check`'s warning).
+    pub tls_expires_in: Option<i64>,
 }
 
 /// `[server] log_format` (or `run --log-format`): one JSON object per line for collectors.
@@ -224,6 +230,10 @@ struct RawServer {
     upstream_ca_file: Option<PathBuf>,
     #[serde(default)]
     log_format: LogFormat,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    admin_tls: bool,
 }
 
 #[derive(Deserialize)]
@@ -456,7 +466,24 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
         grace_period: raw.server.grace_period,
         upstream_ca_file: raw.server.upstream_ca_file.map(|p| dir.resolve(&p)),
         log_format: raw.server.log_format,
+        tls: None,
+        admin_tls: raw.server.admin_tls,
+        tls_expires_in: None,
     };
+    let mut server = server;
+    match (raw.server.tls_cert_file.map(|p| dir.resolve(&p)), raw.server.tls_key_file.map(|p| dir.resolve(&p))) {
+        (Some(cert), Some(key)) => {
+            let loaded = crate::tls::LoadedCert::load(&cert, &key).map_err(|e| {
+                let field = if matches!(e, crate::tls::TlsError::Mismatch | crate::tls::TlsError::NoKey(_)) { "server.tls_key_file" } else { "server.tls_cert_file" };
+                ConfigError::invalid(field, e)
+            })?;
+            server.tls_expires_in = Some(loaded.expires_in());
+            server.tls = Some((cert, key));
+        }
+        (None, None) if server.admin_tls => return Err(ConfigError::invalid("server.admin_tls", "needs server.tls_cert_file and server.tls_key_file")),
+        (None, None) => {}
+        _ => return Err(ConfigError::invalid("server.tls_cert_file", "tls_cert_file and tls_key_file go together")),
+    }
 
     let ledger = LedgerSettings {
         backend: ledger_backend,

@@ -23,6 +23,7 @@
 //! - [`metrics`]: every Prometheus metric, defined in one place.
 //! - [`reload`]: SIGHUP re-reads keys, certificates and routes without dropping connections.
 //! - [`simulate`]: notifications signed exactly as each provider signs them (`payhook simulate`).
+//! - [`tls`]: HTTPS on the listeners, the certificate swapped on SIGHUP.
 //! - [`server`]: assembles the pingora `Server` from a [`config::Config`].
 
 pub mod active;
@@ -43,3 +44,4 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod simulate;
+pub mod tls;

@@ -18,6 +18,9 @@ use payhook::provider::wechat_v2::SignKind;
 use payhook::secret::Secret;
 use payhook::simulate::{self, Fresh, Order, Simulator};
 
+/// `check` (and `run`) warn when the listener's certificate expires sooner than this.
+const TLS_EXPIRY_WARNING: i64 = 14 * 86400;
+
 /// Longer than any gateway's reply budget (WeChat itself waits 5 s).
 const SIMULATE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -93,6 +96,9 @@ struct SimulateArgs {
     /// The gateway's notify URL, e.g. http://127.0.0.1:8080/notify/wx-demo/goods
     #[arg(long)]
     to: String,
+    /// For an https URL: trust only the CAs in this PEM file (default: the system's roots).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// The merchant's order number.
     #[arg(long)]
     out_trade_no: String,
@@ -186,6 +192,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config, upgrade, log_format } => {
             let cfg = Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
             init_logging(log_format.unwrap_or(cfg.server.log_format));
+            if let Some(seconds) = cfg.server.tls_expires_in.filter(|s| *s < TLS_EXPIRY_WARNING) {
+                tracing::warn!(days = seconds / 86400, "server.tls_cert_file expires soon: renew it and send SIGHUP");
+            }
             let (listen, admin) = (cfg.server.listen.clone(), cfg.server.admin_listen.clone());
             let opt = pingora::server::configuration::Opt { upgrade, ..Default::default() };
             let server = payhook::server::build_server(cfg, &config, Some(opt)).context("opening the ledger")?;
@@ -205,6 +214,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     cfg.server.listen,
                     files.join(", ")
                 );
+            }
+            if let Some(seconds) = cfg.server.tls_expires_in.filter(|s| *s < TLS_EXPIRY_WARNING) {
+                eprintln!("WARNING: server.tls_cert_file expires in {} days: renew it and send SIGHUP", seconds / 86400);
             }
             println!(
                 "{}: ok ({} accounts, {} routes)",
@@ -273,7 +285,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         args.to
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let forwarder = Forwarder::new(None);
+    let forwarder = Forwarder::new(args.ca_file.as_ref().map(|p| p.display().to_string()));
     let sends = 1 + args.duplicate;
     let mut failures = 0;
     for n in 1..=sends {

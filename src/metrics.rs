@@ -110,6 +110,13 @@ pub static PAYMENT_TO_DELIVERY: Lazy<HistogramVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+/// The `notAfter` of each TLS listener's certificate, in seconds since the epoch (as the
+/// blackbox exporter's `probe_ssl_earliest_cert_expiry`): alert on `… - time() < 14 * 86400`.
+pub static TLS_CERT_EXPIRY: Lazy<GaugeVec> = Lazy::new(|| {
+    register_gauge_vec!("payhook_tls_cert_expiry_seconds", "When the listener's TLS certificate expires (unix seconds)", &["listener"])
+        .expect("metric registers once")
+});
+
 /// Forces registration so `/metrics` lists every family from the start.
 pub fn init() {
     Lazy::force(&NOTIFICATIONS);
@@ -128,6 +135,7 @@ pub fn init() {
     Lazy::force(&OLDEST_PENDING);
     Lazy::force(&RECOVERED);
     Lazy::force(&PAYMENT_TO_DELIVERY);
+    Lazy::force(&TLS_CERT_EXPIRY);
 }
 
 /// Creates the series of every configured account and type at zero, so `increase()` and

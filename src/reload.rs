@@ -1,7 +1,7 @@
 //! Signals that change a running payhook without dropping a connection.
 //!
-//! SIGHUP ([`Reloader`]): re-read the config and swap in its accounts (keys, certificates),
-//! routes and admin tokens. A config that does not load is refused and the running one kept.
+//! SIGHUP ([`Reloader`]): re-read the listeners' TLS certificates, and the config, swapping in
+//! its accounts (keys, certificates), routes and admin tokens. A config that does not load is refused and the running one kept.
 //! Listener addresses, the ledger, thread counts and budgets only change with a restart or
 //! pingora's graceful upgrade (`payhook run --upgrade` + SIGQUIT to the old process); a reload
 //! that changes one of them says so in a warning.
@@ -19,6 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, LedgerSettings, ReconcileSettings, ServerSettings};
 use crate::flow::Gateway;
+use crate::tls::CertStore;
 
 pub struct Reloader {
     gateway: Arc<Gateway>,
@@ -27,11 +28,18 @@ pub struct Reloader {
     server: ServerSettings,
     ledger: LedgerSettings,
     reconcile: ReconcileSettings,
+    /// The listeners' certificates, read again on every SIGHUP.
+    certificates: Vec<Arc<CertStore>>,
 }
 
 impl Reloader {
-    pub fn new(gateway: Arc<Gateway>, config_path: PathBuf, startup: &(ServerSettings, LedgerSettings, ReconcileSettings)) -> Self {
-        Reloader { gateway, config_path, server: startup.0.clone(), ledger: startup.1.clone(), reconcile: startup.2.clone() }
+    pub fn new(
+        gateway: Arc<Gateway>,
+        config_path: PathBuf,
+        startup: &(ServerSettings, LedgerSettings, ReconcileSettings),
+        certificates: Vec<Arc<CertStore>>,
+    ) -> Self {
+        Reloader { gateway, config_path, server: startup.0.clone(), ledger: startup.1.clone(), reconcile: startup.2.clone(), certificates }
     }
 }
 
@@ -50,6 +58,8 @@ pub fn restart_only_changes(server: &ServerSettings, ledger: &LedgerSettings, re
         ("server.grace_period", server.grace_period != s.grace_period),
         ("server.upstream_ca_file", server.upstream_ca_file != s.upstream_ca_file),
         ("server.log_format", server.log_format != s.log_format),
+        ("server.tls_cert_file", server.tls != s.tls),
+        ("server.admin_tls", server.admin_tls != s.admin_tls),
         ("ledger.backend", ledger.backend != l.backend),
         ("ledger.key_prefix", ledger.key_prefix != l.key_prefix),
         ("ledger.done_ttl", ledger.done_ttl != l.done_ttl),
@@ -75,6 +85,8 @@ impl BackgroundService for Reloader {
                 _ = hangups.recv() => {}
                 _ = shutdown.changed() => return,
             }
+            let certificates = self.certificates.clone();
+            let _ = tokio::task::spawn_blocking(move || certificates.iter().for_each(|c| c.reload())).await;
             let path = self.config_path.clone();
             // Reading files and resolving backend hosts blocks: keep it off the runtime's workers.
             match tokio::task::spawn_blocking(move || Config::load(&path)).await {

@@ -19,6 +19,7 @@ use crate::ledger::redis::RedisLedger;
 use crate::ledger::{Ledger, LedgerError, Retention};
 use crate::metrics;
 use crate::reconcile::Sweep;
+use crate::tls::CertStore;
 use crate::reload::{HandOver, Reloader};
 
 /// Opens the configured ledger (the embedded file is opened here; Redis connects lazily).
@@ -78,12 +79,31 @@ pub fn build_server(config: Config, config_path: &Path, opt: Option<Opt>) -> Res
     let gateway = Arc::new(Gateway::new(config, ledger, forwarder));
 
     let mut notify = Service::new("payhook notify".to_string(), NotifyApp::new(gateway.clone(), s.body_limit, s.body_timeout));
-    notify.add_tcp(&s.listen);
-    let reloader = Reloader::new(gateway.clone(), config_path.to_path_buf(), &config_startup);
+    let mut certificates = Vec::new();
+    match &s.tls {
+        Some((cert, key)) => {
+            let store = CertStore::open("notify", cert, key).map_err(|e| LedgerError::Unavailable(format!("TLS: {e}")))?;
+            notify.add_tls_with_settings(&s.listen, None, store.settings());
+            certificates.push(store);
+        }
+        None => notify.add_tcp(&s.listen),
+    }
+    let admin_tls = match (&s.tls, s.admin_tls) {
+        (Some((cert, key)), true) => {
+            let store = CertStore::open("admin", cert, key).map_err(|e| LedgerError::Unavailable(format!("TLS: {e}")))?;
+            certificates.push(store.clone());
+            Some(store)
+        }
+        _ => None,
+    };
+    let reloader = Reloader::new(gateway.clone(), config_path.to_path_buf(), &config_startup, certificates);
     let hand_over = HandOver { gateway: gateway.clone() };
     let sweep = Sweep { gateway: gateway.clone(), settings: reconcile.clone() };
     let mut admin = Service::new("payhook admin".to_string(), AdminApp::new(gateway, reconcile));
-    admin.add_tcp(&s.admin_listen);
+    match admin_tls {
+        Some(store) => admin.add_tls_with_settings(&s.admin_listen, None, store.settings()),
+        None => admin.add_tcp(&s.admin_listen),
+    }
     admin.threads = Some(1);
     server.add_service(notify);
     server.add_service(admin);

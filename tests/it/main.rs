@@ -13,3 +13,4 @@ mod reconcile;
 mod redis_ha;
 #[allow(dead_code)] // shared with benches/; not every helper is used by every binary
 mod support;
+mod tls;

@@ -3,12 +3,12 @@
 //! Every server here is a real `redis-server` started by the test on free ports.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::certs::{issue, make_ca};
 use crate::support::*;
 
 /// A `redis-server` child with its own arguments; killed on drop.
@@ -47,28 +47,6 @@ async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed (scripts/setup.sh)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
-fn make_ca(dir: &Path, ca: &str) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-days", "2", "-subj", &format!("/CN={ca}")]);
-}
-
-fn issue(dir: &Path, ca: &str, name: &str, san: &str) {
-    std::fs::write(dir.join(format!("{name}.ext")), format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n")).unwrap();
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
-    openssl(
-        dir,
-        &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial",
-            "-out", &format!("{name}.pem"), "-days", "2", "-extfile", &format!("{name}.ext"),
-        ],
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,7 @@
 //! Shared test support: the real payhook binary in a child process, fake backends, provider
 //! signers written independently of payhook's own code, metrics scraping, private Redis servers.
 
+pub mod certs;
 pub mod http;
 pub mod provider_api;
 pub mod signers;
@@ -170,9 +171,16 @@ impl Payhook {
             .expect("spawn payhook");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
+        // An HTTPS listener does not answer plain HTTP: that one only has to accept.
+        let https = self.config_text.contains("tls_cert_file");
         loop {
             if let Ok(r) = send(self.admin, "GET", "/healthz", &[], b"").await {
-                if r.status == 200 && send(self.addr, "GET", "/", &[], b"").await.is_ok() {
+                let notify_up = if https {
+                    tokio::net::TcpStream::connect(self.addr).await.is_ok()
+                } else {
+                    send(self.addr, "GET", "/", &[], b"").await.is_ok()
+                };
+                if r.status == 200 && notify_up {
                     return;
                 }
             }
