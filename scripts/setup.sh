@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks for building and testing payhook, and makes sure a Redis
-# listens on 127.0.0.1:6379. Safe to run again.
+# Installs what a fresh machine lacks for building payhook (`scripts/setup.sh build`), or for
+# building and testing it (no argument: also Redis, PHP, a JDK, curl, openssl), and then makes
+# sure a Redis listens on 127.0.0.1:6379. Safe to run again.
 set -euo pipefail
 
 need=()
 command -v cmake >/dev/null || need+=(cmake)              # pingora's zlib-ng build
 command -v cc >/dev/null || need+=(build-essential)
+if [ "${1:-test}" = build ]; then
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  exit 0
+fi
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v php >/dev/null || need+=(php-cli)              # the PHP example backend's tests
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)

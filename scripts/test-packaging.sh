@@ -427,7 +427,6 @@ real = {key: open(f"conf/demo/{f}").read() for key, f in demo.items()}
 layout("real", real)
 for key in sec["stringData"]:  # every placeholder alone, the other values real
     layout(f"placeholder-{key}", {**real, key: sec["stringData"][key]})
-print(" ".join(sorted(sec["stringData"])))
 EOF
     install -d -m 0777 "$K/emptydir"
     chmod 0777 "$K/emptydir" # what Kubernetes gives an emptyDir
@@ -697,6 +696,21 @@ except urllib.error.HTTPError as e:
 EOF
         }
         check "through nginx: only /notify/ is proxied (/metrics is 404)" admin_not_proxied
+        body_limit_passes() { # a body of exactly body_limit bytes must reach payhook, not stop at nginx
+            python3 - "https://localhost:$P_TLS/notify/wx-demo/goods" "$N/ca.pem" <<'EOF'
+import ssl, sys, tomllib, urllib.request, urllib.error
+limit = tomllib.load(open("deploy/compose/payhook.toml", "rb"))["server"]["body_limit"]
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+req = urllib.request.Request(sys.argv[1], data=b"x" * limit, method="POST", headers={"Content-Type": "application/json"})
+try:
+    status, body = urllib.request.urlopen(req, context=ctx, timeout=10).status, b""
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+print(status, body[:200])
+assert status != 413 and b'"code":"FAIL"' in body, "nginx refused or rewrote a body of body_limit bytes"
+EOF
+        }
+        check "through nginx: a body of body_limit bytes reaches payhook (its own reply, not nginx's 413)" body_limit_passes
         check "orders.json: demo-1005 paid once through nginx" orders_as_expected "$R/data/orders.json" '{"demo-1005": [1, 1]}'
     else
         skip "nginx TLS rehearsal (nginx or openssl not installed)"

@@ -25,7 +25,7 @@ const TLS_EXPIRY_WARNING: i64 = 14 * 86400;
 const SIMULATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
-#[command(name = "payhook", version, about = "Payment-notification gateway for legacy backends")]
+#[command(name = "payhook", version = payhook::metrics::VERSION, about = "Payment-notification gateway for legacy backends")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -197,8 +197,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let (listen, admin) = (cfg.server.listen.clone(), cfg.server.admin_listen.clone());
             let opt = pingora::server::configuration::Opt { upgrade, ..Default::default() };
+            let pid_file = cfg.server.pid_file.clone();
             let server = payhook::server::build_server(cfg, &config, Some(opt)).context("opening the ledger")?;
-            tracing::info!(listen, admin, "payhook starting");
+            // pingora writes the pid file only when it daemonises; operators need it in the
+            // foreground too (SIGHUP, the upgrade's SIGQUIT). A new process of an upgrade overwrites it.
+            std::fs::write(&pid_file, format!("{}\n", std::process::id())).with_context(|| format!("writing server.pid_file {pid_file}"))?;
+            tracing::info!(listen, admin, version = payhook::metrics::VERSION, "payhook starting");
             server.run_forever()
         }
         Command::Check { config } => {

@@ -117,6 +117,14 @@ pub static TLS_CERT_EXPIRY: Lazy<GaugeVec> = Lazy::new(|| {
         .expect("metric registers once")
 });
 
+/// `payhook --version`: the crate version and the git commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("PAYHOOK_GIT_COMMIT"), ")");
+
+/// Always 1; the labels say which build is running.
+pub static BUILD_INFO: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    register_int_gauge_vec!("payhook_build_info", "The running build", &["version", "commit"]).expect("metric registers once")
+});
+
 /// Forces registration so `/metrics` lists every family from the start.
 pub fn init() {
     Lazy::force(&NOTIFICATIONS);
@@ -136,6 +144,9 @@ pub fn init() {
     Lazy::force(&RECOVERED);
     Lazy::force(&PAYMENT_TO_DELIVERY);
     Lazy::force(&TLS_CERT_EXPIRY);
+    BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("PAYHOOK_GIT_COMMIT")]).set(1);
+    // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
+    let _ = prometheus::register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
 }
 
 /// Creates the series of every configured account and type at zero, so `increase()` and
@@ -156,10 +167,36 @@ pub fn init_series(accounts: &[&str], types: &[&str]) {
         for result in ["paid", "not_paid", "closed", "error", "throttled"] {
             RECONCILE_QUERIES.with_label_values(&[account, result]);
         }
+        for reason in VERIFY_REASONS {
+            VERIFY_FAILURES.with_label_values(&[account, reason]);
+        }
+        for result in ["forwarded", "already_done", "not_paid", "in_flight", "backend_failed", "stale", "quarantined", "dismissed", "type_mismatch"] {
+            SYNC.with_label_values(&[account, result]);
+        }
+        for field in ["success_time", "time_end", "gmt_payment", "send_pay_date", "passback_params"] {
+            UNPARSED_FIELDS.with_label_values(&[account, field]);
+        }
+        for source in ["notification", "sync", "sweep"] {
+            PAYMENT_TO_DELIVERY.with_label_values(&[account, source]);
+        }
+        PROVIDER_QUERY_DURATION.with_label_values(&[account]);
         ORDERS_PENDING.with_label_values(&[account]);
         OLDEST_PENDING.with_label_values(&[account]);
     }
+    for order_type in types {
+        for result in ["ok", "connect", "timeout", "io", "http_status", "bad_reply", "rejected"] {
+            BACKEND_REQUESTS.with_label_values(&[order_type, result]);
+            REPLAYS.with_label_values(&[order_type, result]);
+        }
+        BACKEND_DURATION.with_label_values(&[order_type]);
+    }
 }
+
+/// `ProviderError::reason` labels.
+const VERIFY_REASONS: &[&str] = &[
+    "missing_header", "probe_signature", "bad_signature", "unknown_serial", "stale_timestamp", "decrypt_failed", "malformed",
+    "xml_doctype", "merchant_mismatch", "bad_amount", "throttled",
+];
 
 /// The Prometheus text exposition of every registered metric.
 pub fn render() -> Vec<u8> {

@@ -37,3 +37,30 @@ async fn json_logs_carry_one_request_id_which_the_backend_receives() {
     assert_eq!(decided["level"], "INFO");
     assert!(lines.iter().any(|l| l["span"]["request_id"] == "lb-7f3a"));
 }
+
+/// Every payhook metric family is listed from start-up (zero series per configured account and
+/// type), with build info and process metrics; the pid file is written in the foreground.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_families_build_info_and_pid_file_from_start_up() {
+    let backend = ok_backend().await;
+    let gw = Payhook::start(&config(&embedded_ledger(), &backend.url("/pay"), "")).await;
+    let text = http::get(gw.admin, "/metrics", &[]).await.text();
+    let families: std::collections::BTreeSet<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_whitespace().next()).collect();
+    for family in [
+        "payhook_notifications_total", "payhook_verify_failures_total", "payhook_backend_requests_total", "payhook_backend_duration_seconds",
+        "payhook_ledger_errors_total", "payhook_sync_total", "payhook_provider_query_duration_seconds", "payhook_replays_total",
+        "payhook_type_conflicts_total", "payhook_unparsed_fields_total", "payhook_quarantined_total", "payhook_reconcile_queries_total",
+        "payhook_orders_pending", "payhook_oldest_pending_seconds", "payhook_recovered_total", "payhook_payment_to_delivery_seconds",
+        "payhook_build_info", "process_cpu_seconds_total", "process_resident_memory_bytes",
+    ] {
+        assert!(families.contains(family), "{family} missing from /metrics at start-up: {families:?}");
+    }
+    assert!(text.contains("payhook_quarantined_total{account=\"wx\",reason=\"amount_mismatch\",type=\"goods\"} 0"), "zero series for alerts");
+    let version = payhook_command().arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let commit = version.split(['(', ')']).nth(1).unwrap().to_string();
+    assert!(version.starts_with("payhook 0.") && !commit.is_empty(), "{version}");
+    assert_eq!(gw.metric("payhook_build_info", &[("commit", &commit)]).await, 1.0);
+    let pid: u32 = std::fs::read_to_string(gw.dir.path().join("payhook.pid")).unwrap().trim().parse().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}/status")).exists());
+}
