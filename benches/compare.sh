@@ -15,8 +15,9 @@
 # Env: DURATION (10s), THREADS (2), CONNECTIONS (32), PAYHOOK_BIN (default: build with
 # `cargo build --release --locked`), PAYHOOK_THREADS (2), NGINX_WORKERS (2),
 # PAYHOOK_LOG (info, payhook's default), N_FACTOR (2: pre-signed requests per expected one),
-# WAIT_IDLE (60: seconds to wait for an idle machine before starting), KEEP_TMP=1 keeps the temp
-# dir (configs, logs, wrk outputs, request files).
+# WAIT_IDLE (60: seconds to wait for an idle machine before starting), NICE (0; e.g. -10 runs
+# Redis, nginx, payhook, wrk and the pre-signer at that niceness, for a machine that is not
+# idle: needs root), KEEP_TMP=1 keeps the temp dir (configs, logs, wrk outputs, request files).
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -26,6 +27,7 @@ PAYHOOK_THREADS=${PAYHOOK_THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
 N_FACTOR=${N_FACTOR:-2}
 WAIT_IDLE=${WAIT_IDLE:-60}
+NICE=${NICE:-0}
 export PAYHOOK_LOG=${PAYHOOK_LOG:-info}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -124,16 +126,19 @@ fill() { # template out: replace @KEY@ placeholders
 USER_LINE=""
 (( EUID == 0 )) && USER_LINE="user root;"
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" \
+N=()
+[[ $NICE == 0 ]] || N=(nice -n "$NICE")
+
+"${N[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" \
     --logfile "$TMP/redis.log" &
 REDIS_PID=$!; PIDS+=("$REDIS_PID")
 
 fill "$COMPARE/nginx-backend.conf" "$TMP/nginx-backend.conf" "$BACKEND_PORT"
-"$NGINX" -p "$TMP" -c "$TMP/nginx-backend.conf" -e "$TMP/backend-error.log" &
+"${N[@]}" "$NGINX" -p "$TMP" -c "$TMP/nginx-backend.conf" -e "$TMP/backend-error.log" &
 BACKEND_PID=$!; PIDS+=("$BACKEND_PID")
 
 fill "$COMPARE/nginx-proxy.conf" "$TMP/nginx-proxy.conf" "$PROXY_PORT"
-"$NGINX" -p "$TMP" -c "$TMP/nginx-proxy.conf" -e "$TMP/proxy-error.log" &
+"${N[@]}" "$NGINX" -p "$TMP" -c "$TMP/nginx-proxy.conf" -e "$TMP/proxy-error.log" &
 PROXY_PID=$!; PIDS+=("$PROXY_PID")
 
 for i in $(seq 1 100); do
@@ -145,7 +150,7 @@ wait_http "http://127.0.0.1:$BACKEND_PORT/" "nginx backend" "$BACKEND_PID"
 wait_http "http://127.0.0.1:$PROXY_PORT/" "nginx proxy" "$PROXY_PID"
 
 fill "$COMPARE/payhook.toml" "$TMP/payhook.toml" 0
-"$PAYHOOK_BIN" run --config "$TMP/payhook.toml" >"$TMP/payhook.out" 2>"$TMP/payhook.log" &
+"${N[@]}" "$PAYHOOK_BIN" run --config "$TMP/payhook.toml" >"$TMP/payhook.out" 2>"$TMP/payhook.log" &
 PH_PID=$!; PIDS+=("$PH_PID")
 wait_http "http://127.0.0.1:$PH_ADMIN/healthz" "payhook" "$PH_PID"
 
@@ -183,7 +188,7 @@ notif_counts() {
 }
 
 presign() { # file count prefix
-    python3 "$COMPARE/presign.py" --key "$KEYS/wx_platform_a.key.pem" --out "$1" --count "$2" \
+    "${N[@]}" python3 "$COMPARE/presign.py" --key "$KEYS/wx_platform_a.key.pem" --out "$1" --count "$2" \
         --prefix "$3" 2> >(sed 's/^/[compare] /' >&2)
 }
 
@@ -205,12 +210,13 @@ run() {
     local out=$TMP/wrk-$name.txt before after kv busy0 all0 busy1 all1 ours0 ours1 steal0 steal1
     [[ -n $cpu_pid ]] && before=$(cpu_ticks "$cpu_pid")
     ours0=$(ours_ticks); read -r busy0 all0 steal0 < <(sys_ticks)
-    wrk -t "$THREADS" -c "$CONNECTIONS" -d "${dur}s" --timeout 5s -s "$COMPARE/notify.lua" "$url$path" \
+    "${N[@]}" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${dur}s" --timeout 5s -s "$COMPARE/notify.lua" "$url$path" \
         -- "$file" "$path" "$THREADS" "$rate" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($name)"; }
     sleep 0.5 # requests still in flight when wrk stopped
     [[ -n $cpu_pid ]] && after=$(cpu_ticks "$cpu_pid") && R[${name}_cpu_ticks]=$(( after - before ))
     read -r busy1 all1 steal1 < <(sys_ticks); ours1=$(ours_ticks)
     R[${name}_other_pct]=$(calc "\"%.0f\", (($busy1 - $busy0) - ($ours1 - $ours0)) * 100 / ($all1 - $all0 + 1e-9)")
+    R[${name}_bench_pct]=$(calc "\"%.0f\", ($ours1 - $ours0) * 100 / ($all1 - $all0 + 1e-9)")
     R[${name}_steal_pct]=$(calc "\"%.0f\", ($steal1 - $steal0) * 100 / ($all1 - $all0 + 1e-9)")
     if [[ $name != cal_* ]]; then
         (( R[${name}_other_pct] <= 5 )) ||
@@ -326,15 +332,15 @@ PEAK_RSS=$(mib "$PH_HWM")
 echo
 echo "payhook comparative benchmark: wrk -t$THREADS -c$CONNECTIONS -d${DUR_S}s, POST of pre-signed WeChat Pay v3 notifications (new order each)"
 echo "machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); load average ${LOAD_START} at start, ${LOAD_END} at end"
-echo "payhook: $PAYHOOK_BIN, threads=$PAYHOOK_THREADS, PAYHOOK_LOG=$PAYHOOK_LOG, Redis ledger (redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), no persistence); nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), $NGINX_WORKERS workers"
+echo "payhook: $PAYHOOK_BIN, threads=$PAYHOOK_THREADS, NICE=$NICE, PAYHOOK_LOG=$PAYHOOK_LOG, Redis ledger (redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), no persistence); nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), $NGINX_WORKERS workers"
 echo
-printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s %7s\n' path req/s p50_ms p99_ms p999_ms non2xx errors cpu_us/req rss_mib other% steal%
+printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s %7s %7s\n' path req/s p50_ms p99_ms p999_ms non2xx errors cpu_us/req rss_mib bench% other% steal%
 row() { # name label cpu_pid_hwm
     local cpu=- n=$1
     [[ -n ${R[${n}_cpu_ticks]:-} ]] && cpu=$(cpu_per "$n" "${R[${n}_requests]}")
     [[ $n == *payhook ]] && cpu=$(cpu_per "$n" "${R[${n}_forwarded]}")
-    printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s %7s\n' "$2" "${R[${n}_rps]}" "$(ms "${R[${n}_p50_us]}")" \
-        "$(ms "${R[${n}_p99_us]}")" "$(ms "${R[${n}_p999_us]}")" "${R[${n}_non2xx]}" "${R[${n}_errors]}" "$cpu" "$3" "${R[${n}_other_pct]}" "${R[${n}_steal_pct]}"
+    printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s %7s %7s\n' "$2" "${R[${n}_rps]}" "$(ms "${R[${n}_p50_us]}")" \
+        "$(ms "${R[${n}_p99_us]}")" "$(ms "${R[${n}_p999_us]}")" "${R[${n}_non2xx]}" "${R[${n}_errors]}" "$cpu" "$3" "${R[${n}_bench_pct]}" "${R[${n}_other_pct]}" "${R[${n}_steal_pct]}"
 }
 row direct "direct to backend (nginx)" "$(mib "$BACKEND_HWM")"
 row nginx "nginx proxy_pass" "$(mib "$PROXY_HWM")"
@@ -346,7 +352,8 @@ echo "half load = fixed ${HALF_RATE}/s (half of payhook's max), paced by wrk del
 echo "payhook forwarded ${R[payhook_forwarded]} (max run) and ${R[half_payhook_forwarded]} (half load) notifications, $(( R[payhook_not_forwarded] + R[half_payhook_not_forwarded] )) not forwarded"
 echo "Redis (ledger) CPU, not counted above: $(calc "\"%.1f\", ${R[payhook_redis_ticks]} * 1e6 / $CLK_TCK / ${R[payhook_forwarded]}") us per notification (max run), peak RSS $(mib "$REDIS_HWM") MiB"
 echo "cpu_us/req: CPU time (utime+stime from /proc/PID/stat) of that server's processes only; rss_mib: VmHWM (nginx: summed over master and workers)"
-echo "other%: share of the machine's CPU used during the run by processes outside this bench; steal%: taken by the hypervisor (both should be ~0)"
+echo "bench%: share of the machine's CPU (all cores) used during the run by this bench (wrk, nginx, Redis, payhook); other%: by"
+echo "processes outside it; steal%: taken by the hypervisor (other% and steal% should be ~0)"
 echo
 echo "ratio_payhook_vs_nginx=$RATIO"
 echo "added_p50_ms=$ADDED_P50"

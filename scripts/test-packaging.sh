@@ -23,6 +23,7 @@
 #  7. With a Docker daemon: `docker build` and the compose quick start for real. Without one it
 #     prints one line saying so.
 #
+# PAYHOOK_PACKAGING_KEEP=1 keeps the work directory (configs, logs) for a look afterwards.
 # Exit status: 0 when nothing failed (skips are not failures), 1 otherwise.
 set -euo pipefail
 
@@ -44,7 +45,11 @@ cleanup() {
     for pid in "${BG_PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$WORK"
+    if [ -n "${PAYHOOK_PACKAGING_KEEP:-}" ]; then
+        echo "test-packaging: kept $WORK (logs: stack/*.log)"
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::active::{ActiveError, DEFAULT_AWAIT};
 use crate::config::ReconcileSettings;
-use crate::context::RequestContext;
+use crate::context::{Kind, RequestContext};
 use crate::flow::{Delivery, Gateway, ResolveError};
 use crate::ledger::{Index, OrderRecord, OrderState, Registered};
 use crate::reconcile::{OrderRegistration, MAX_FIELDS};
@@ -166,13 +166,13 @@ impl ServeHttp for AdminApp {
             }
             ("POST", Some("resolve")) => {
                 let body = read_small_body(session).await;
-                ("resolve", RequestContext::fresh().scope("resolve", self.resolve(account, &out_trade_no, body)).await)
+                ("resolve", RequestContext::fresh().scope(Kind::Admin, self.resolve(account, &out_trade_no, body)).await)
             }
             ("POST", Some("sync")) => {
                 let body = read_small_body(session).await;
-                ("sync", RequestContext::fresh().scope("sync", self.sync(account, &out_trade_no, body)).await)
+                ("sync", RequestContext::fresh().scope(Kind::Sync, self.sync(account, &out_trade_no, body)).await)
             }
-            ("POST", Some("replay")) => ("replay", RequestContext::fresh().scope("replay", self.replay(account, &out_trade_no)).await),
+            ("POST", Some("replay")) => ("replay", RequestContext::fresh().scope(Kind::Admin, self.replay(account, &out_trade_no)).await),
             _ => return reply(405, "text/plain", b"method not allowed\n".to_vec()),
         };
         tracing::info!(target: "payhook::audit", who, action = action_name, account, out_trade_no, status = response.status().as_u16(), "admin action");

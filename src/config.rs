@@ -79,6 +79,7 @@ pub struct Config {
     pub server: ServerSettings,
     pub ledger: LedgerSettings,
     pub reconcile: ReconcileSettings,
+    pub telemetry: TelemetrySettings,
     pub accounts: HashMap<String, Account>,
     pub routes: HashMap<String, Route>,
     /// Every key and secret file the config read, for `payhook check`'s demo-key warning.
@@ -153,6 +154,14 @@ pub struct LedgerSettings {
     pub timeout: Duration,
 }
 
+/// `[telemetry]`: OpenTelemetry export, off unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// An OTLP/HTTP collector, e.g. `http://127.0.0.1:4318` (spans go to `/v1/traces`, JSON).
+    pub otlp_endpoint: Option<String>,
+}
+
 /// `[reconcile]`: the sweep that queries the provider about registered, undelivered orders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcileSettings {
@@ -199,6 +208,8 @@ struct RawConfig {
     ledger: RawLedger,
     #[serde(default)]
     reconcile: RawReconcile,
+    #[serde(default)]
+    telemetry: TelemetrySettings,
     #[serde(default)]
     accounts: HashMap<String, toml::Table>,
     #[serde(default)]
@@ -567,7 +578,13 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
         give_up_after: r.give_up_after,
         max_queries_per_second: r.max_queries_per_second,
     };
-    Ok(Config { server, ledger, reconcile, accounts, routes, files_read: Vec::new() })
+    if let Some(endpoint) = &raw.telemetry.otlp_endpoint {
+        let uri: http::Uri = endpoint.parse().map_err(|e| ConfigError::invalid("telemetry.otlp_endpoint", e))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(ConfigError::invalid("telemetry.otlp_endpoint", "must be an http(s) URL"));
+        }
+    }
+    Ok(Config { server, ledger, reconcile, telemetry: raw.telemetry, accounts, routes, files_read: Vec::new() })
 }
 
 /// The smallest `dedupe_horizon`: providers speak about an order for months (Alipay's

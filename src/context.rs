@@ -5,6 +5,15 @@
 
 use tracing::Instrument;
 
+/// What a request is: its span's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Notification,
+    Sync,
+    Sweep,
+    Admin,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestContext {
     pub request_id: String,
@@ -31,9 +40,16 @@ impl RequestContext {
         RequestContext { request_id: new_request_id(), traceparent: None }
     }
 
-    /// Runs `fut` with this context: its log lines carry `request_id`, its backend calls send it.
-    pub async fn scope<F: std::future::Future>(self, name: &'static str, fut: F) -> F::Output {
-        let span = tracing::info_span!("request", request_id = %self.request_id, kind = name);
+    /// Runs `fut` with this context: its log lines carry `request_id`, its backend calls send
+    /// it, and (with OTLP) it is one span named after `kind`.
+    pub async fn scope<F: std::future::Future>(self, kind: Kind, fut: F) -> F::Output {
+        let id = self.request_id.as_str();
+        let span = match kind {
+            Kind::Notification => tracing::info_span!("notification", request_id = %id),
+            Kind::Sync => tracing::info_span!("sync", request_id = %id),
+            Kind::Sweep => tracing::info_span!("sweep", request_id = %id),
+            Kind::Admin => tracing::info_span!("admin", request_id = %id),
+        };
         CURRENT.scope(self, fut.instrument(span)).await
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
 use tokio::time::timeout_at;
+use tracing::Instrument;
 
 use crate::config::{Account, Config, Route};
 use crate::forward::Forwarder;
@@ -223,7 +224,8 @@ impl Gateway {
         let deadline = tokio::time::Instant::from_std(started + self.reply_budget);
         let inbound = Inbound { headers, body, now: chrono::Utc::now().timestamp() };
         let mut out_trade_no = None;
-        let outcome = match acct.provider.verify(&inbound) {
+        let verified = tracing::debug_span!("verify").in_scope(|| acct.provider.verify(&inbound));
+        let outcome = match verified {
             Err(e) => {
                 metrics::VERIFY_FAILURES.with_label_values(&[account, e.reason()]).inc();
                 // WeChat's deliberate probes are expected traffic, not an attack.
@@ -290,7 +292,7 @@ impl Gateway {
             mode: source.mode(),
             require_registration: acct.require_registration,
         };
-        let owned = match self.ledger.claim(&key, request).await {
+        let owned = match self.ledger.claim(&key, request).instrument(tracing::debug_span!("claim")).await {
             Ok(Claim::Owned(owned)) => owned,
             Ok(Claim::Done) => return Delivery::Duplicate,
             Ok(Claim::InFlight) => return self.await_owner(&key, deadline).await,
@@ -355,9 +357,9 @@ impl Gateway {
         };
         let body = route.envelope.seal(&stored);
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).saturating_sub(settle_reserve(self.ledger_timeout));
-        match self.forward(route, body, route.timeout.min(remaining)).await {
+        match self.forward(route, body, route.timeout.min(remaining)).instrument(tracing::debug_span!("forward")).await {
             Ok(()) => {
-                match self.settle(deadline, || self.ledger.complete(key, lease, &stored)).await {
+                match self.settle(deadline, || self.ledger.complete(key, lease, &stored)).instrument(tracing::debug_span!("settle")).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!(key = %key, "lease was taken over before completion; backend already accepted"),
                     // The backend accepted the order, so the provider hears success; the lease
@@ -369,7 +371,7 @@ impl Gateway {
                 Delivery::Forwarded
             }
             Err(reason) => {
-                if let Err(e) = self.settle(deadline, || self.ledger.release(key, lease, reason)).await {
+                if let Err(e) = self.settle(deadline, || self.ledger.release(key, lease, reason)).instrument(tracing::debug_span!("settle")).await {
                     ledger_failed(key, "release", e);
                 }
                 Delivery::BackendFailed(reason)

@@ -11,7 +11,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::context::RequestContext;
+use crate::context::{Kind, RequestContext};
 use crate::flow::Gateway;
 use crate::metrics;
 use crate::provider::Reply;
@@ -127,7 +127,7 @@ impl ServeHttp for NotifyApp {
         };
         let headers = &session.req_header().headers;
         let context = RequestContext::from_headers(headers);
-        match context.scope("notification", self.gateway.notify(account, order_type, headers, &body)).await {
+        match context.scope(Kind::Notification, self.gateway.notify(account, order_type, headers, &body)).await {
             Ok(decision) => respond(&decision.reply),
             Err(_) => plain(404, "not found"),
         }

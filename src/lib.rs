@@ -24,6 +24,7 @@
 //! - [`reload`]: SIGHUP re-reads keys, certificates and routes without dropping connections.
 //! - [`simulate`]: notifications signed exactly as each provider signs them (`payhook simulate`).
 //! - [`tls`]: HTTPS on the listeners, the certificate swapped on SIGHUP.
+//! - [`telemetry`]: log lines (text or JSON) and optional OTLP spans.
 //! - [`server`]: assembles the pingora `Server` from a [`config::Config`].
 
 pub mod active;
@@ -44,4 +45,5 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod simulate;
+pub mod telemetry;
 pub mod tls;

@@ -162,20 +162,6 @@ enum CharsetArg {
     Gbk,
 }
 
-/// The level comes from `PAYHOOK_LOG`, else `RUST_LOG`, else `info`.
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PAYHOOK_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        // One object per line; the request's span (request_id) is flattened into `span`.
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
-        // Colour codes only for a terminal: log files and collectors get plain text.
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -191,7 +177,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, upgrade, log_format } => {
             let cfg = Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
-            init_logging(log_format.unwrap_or(cfg.server.log_format));
+            // Kept to the end of `run`: dropping it would stop the span export.
+            let _tracer = payhook::telemetry::init(log_format.unwrap_or(cfg.server.log_format), cfg.telemetry.otlp_endpoint.as_deref())?;
             if let Some(seconds) = cfg.server.tls_expires_in.filter(|s| *s < TLS_EXPIRY_WARNING) {
                 tracing::warn!(days = seconds / 86400, "server.tls_cert_file expires soon: renew it and send SIGHUP");
             }

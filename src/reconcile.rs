@@ -19,7 +19,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::active::ActiveError;
 use crate::config::{Account, ReconcileSettings};
-use crate::context::RequestContext;
+use crate::context::{Kind, RequestContext};
 use crate::flow::{Delivery, Gateway, Source};
 use crate::ledger::{millis, now_ms, Index, LedgerError, OrderState, PaymentId, Registered, Registration};
 use crate::metrics;
@@ -80,7 +80,7 @@ impl Sweep {
             match self.gateway.ledger().claim_due(&acct.name, self.settings.max_queries_per_second as usize, self.settings.interval).await {
                 Ok(due) => {
                     for key in due {
-                        RequestContext::fresh().scope("sweep", self.check(acct, &key)).await;
+                        RequestContext::fresh().scope(Kind::Sweep, self.check(acct, &key)).await;
                     }
                 }
                 Err(e) => tracing::warn!(account = acct.name, error = %e, "sweep cannot read due orders"),

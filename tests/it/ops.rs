@@ -64,3 +64,48 @@ async fn metrics_families_build_info_and_pid_file_from_start_up() {
     let pid: u32 = std::fs::read_to_string(gw.dir.path().join("payhook.pid")).unwrap().trim().parse().unwrap();
     assert!(std::path::Path::new(&format!("/proc/{pid}/status")).exists());
 }
+
+/// OTLP export: one span per notification, with verify / claim / forward / settle below it,
+/// sent to a collector stub as OTLP/HTTP JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn otlp_exports_one_span_per_notification_with_its_steps() {
+    let collector = TestServer::start(std::sync::Arc::new(|_| Canned::json(200, "{}"))).await;
+    let backend = ok_backend().await;
+    let cfg = config(&redis_ledger(REDIS), &backend.url("/pay"), &format!("[telemetry]\notlp_endpoint = \"{}\"\n", collector.url("")));
+    let gw = Payhook::start(&cfg).await;
+    let (h, b) = WxV3::public_key_mode().paid("otlp-1", 100);
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    let request_id = backend.requests()[0].headers["x-request-id"].clone();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let spans: Vec<Value> = loop {
+        let spans: Vec<Value> = collector
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/traces")
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .flat_map(|doc| {
+                let mut out = Vec::new();
+                for rs in doc["resourceSpans"].as_array().cloned().unwrap_or_default() {
+                    for ss in rs["scopeSpans"].as_array().cloned().unwrap_or_default() {
+                        out.extend(ss["spans"].as_array().cloned().unwrap_or_default());
+                    }
+                }
+                out
+            })
+            .collect();
+        if spans.iter().any(|s| s["name"] == "notification") && spans.iter().filter(|s| s["name"] == "settle").count() >= 1 {
+            break spans;
+        }
+        assert!(std::time::Instant::now() < deadline, "no spans at the collector: {:?}", collector.requests().iter().map(|r| r.path.clone()).collect::<Vec<_>>());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let root = spans.iter().find(|s| s["name"] == "notification").unwrap();
+    let attributes = root["attributes"].to_string();
+    assert!(attributes.contains("request_id") && attributes.contains(&request_id), "{attributes}");
+    for step in ["verify", "claim", "forward", "settle"] {
+        let child = spans.iter().find(|s| s["name"] == step).unwrap_or_else(|| panic!("no {step} span: {spans:?}"));
+        assert_eq!(child["parentSpanId"], root["spanId"], "{step} is a child of the notification");
+        assert_eq!(child["traceId"], root["traceId"]);
+    }
+}

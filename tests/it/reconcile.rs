@@ -337,7 +337,7 @@ async fn unpaid_until_expiry_is_closed_and_a_restart_resumes_the_schedule() {
     let mut gw = Payhook::start(&gateway_config(&embedded_ledger(), &backend.url("/pay"), &api, RECONCILE)).await;
     api.unpaid("expire-1");
     register(&gw, "wx", "expire-1", json!({"type": "goods", "total_fee": 100, "expires_in": "2500ms"})).await;
-    eventually(Duration::from_secs(6), "closed", || queries_for(&api, "expire-1").len() >= 3).await;
+    eventually(Duration::from_secs(12), "closed", || queries_for(&api, "expire-1").len() >= 3).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_, record) = admin(&gw, "GET", "/v1/orders/wx/expire-1", "").await;
     assert_eq!(record["state"], "closed");
