@@ -98,30 +98,31 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-read -r REDIS_PORT BACKEND_PORT PROXY_PORT PH_PORT PH_ADMIN < <(python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-EOF
-)
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
-wait_http() { # url what pid
+# up URL PID: 0 once URL answers (and PID still runs a moment later: a port taken by another
+# process in the meantime makes ours exit), 1 if PID exited; dies if it never answers.
+up() {
     local i
-    for i in $(seq 1 200); do
-        curl -s -o /dev/null --max-time 1 "$1" && return 0
-        kill -0 "$3" 2>/dev/null || die "$2 exited during start-up (see $TMP)"
+    for i in $(seq 1 400); do
+        if [[ $1 == redis:* ]]; then
+            redis-cli -p "${1#redis:}" ping >/dev/null 2>&1 && { sleep 0.2; kill -0 "$2" 2>/dev/null && return 0; }
+        else
+            curl -s -o /dev/null --max-time 1 "$1" && { sleep 0.2; kill -0 "$2" 2>/dev/null && return 0; }
+        fi
+        kill -0 "$2" 2>/dev/null || { wait "$2" 2>/dev/null || true; return 1; }
         sleep 0.05
     done
-    die "$2 did not start (see $TMP)"
+    die "$1 did not answer within 20 s (see $TMP)"
 }
 
 fill() { # template out: replace @KEY@ placeholders
     sed -e "s|@DIR@|$TMP|g" -e "s|@KEYS@|$KEYS|g" -e "s|@WORKERS@|$NGINX_WORKERS|g" \
         -e "s|@THREADS@|$PAYHOOK_THREADS|g" -e "s|@REDIS_PORT@|$REDIS_PORT|g" \
         -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@LISTEN@|$PH_PORT|g" -e "s|@ADMIN@|$PH_ADMIN|g" \
-        -e "s|@PORT@|$3|g" -e "s|@USER@|$USER_LINE|g" "$1" >"$2"
+        -e "s|@PORT@|${3:-}|g" -e "s|@USER@|$USER_LINE|g" "$1" >"$2"
 }
 USER_LINE=""
 (( EUID == 0 )) && USER_LINE="user root;"
@@ -129,30 +130,41 @@ USER_LINE=""
 N=()
 [[ $NICE == 0 ]] || N=(nice -n "$NICE")
 
-"${N[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" \
-    --logfile "$TMP/redis.log" &
-REDIS_PID=$!; PIDS+=("$REDIS_PID")
-
-fill "$COMPARE/nginx-backend.conf" "$TMP/nginx-backend.conf" "$BACKEND_PORT"
-"${N[@]}" "$NGINX" -p "$TMP" -c "$TMP/nginx-backend.conf" -e "$TMP/backend-error.log" &
-BACKEND_PID=$!; PIDS+=("$BACKEND_PID")
-
-fill "$COMPARE/nginx-proxy.conf" "$TMP/nginx-proxy.conf" "$PROXY_PORT"
-"${N[@]}" "$NGINX" -p "$TMP" -c "$TMP/nginx-proxy.conf" -e "$TMP/proxy-error.log" &
-PROXY_PID=$!; PIDS+=("$PROXY_PID")
-
-for i in $(seq 1 100); do
-    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
-    kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited during start-up"
-    sleep 0.05
+# Each server gets a free port; when another process takes it first, the server exits and is
+# started again on another one.
+for try in 1 2 3 4 5; do
+    REDIS_PORT=$(free_port)
+    "${N[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" \
+        --logfile "$TMP/redis.log" &
+    REDIS_PID=$!; PIDS+=("$REDIS_PID")
+    if up "redis:$REDIS_PORT" "$REDIS_PID"; then break; fi
+    (( try < 5 )) || die "redis-server did not start (see $TMP/redis.log)"
 done
-wait_http "http://127.0.0.1:$BACKEND_PORT/" "nginx backend" "$BACKEND_PID"
-wait_http "http://127.0.0.1:$PROXY_PORT/" "nginx proxy" "$PROXY_PID"
-
-fill "$COMPARE/payhook.toml" "$TMP/payhook.toml" 0
-"${N[@]}" "$PAYHOOK_BIN" run --config "$TMP/payhook.toml" >"$TMP/payhook.out" 2>"$TMP/payhook.log" &
-PH_PID=$!; PIDS+=("$PH_PID")
-wait_http "http://127.0.0.1:$PH_ADMIN/healthz" "payhook" "$PH_PID"
+for try in 1 2 3 4 5; do
+    BACKEND_PORT=$(free_port)
+    fill "$COMPARE/nginx-backend.conf" "$TMP/nginx-backend.conf" "$BACKEND_PORT"
+    "${N[@]}" "$NGINX" -p "$TMP" -c "$TMP/nginx-backend.conf" -e "$TMP/backend-error.log" &
+    BACKEND_PID=$!; PIDS+=("$BACKEND_PID")
+    if up "http://127.0.0.1:$BACKEND_PORT/" "$BACKEND_PID"; then break; fi
+    (( try < 5 )) || die "nginx backend did not start (see $TMP/backend-error.log)"
+done
+for try in 1 2 3 4 5; do
+    PROXY_PORT=$(free_port)
+    fill "$COMPARE/nginx-proxy.conf" "$TMP/nginx-proxy.conf" "$PROXY_PORT"
+    "${N[@]}" "$NGINX" -p "$TMP" -c "$TMP/nginx-proxy.conf" -e "$TMP/proxy-error.log" &
+    PROXY_PID=$!; PIDS+=("$PROXY_PID")
+    if up "http://127.0.0.1:$PROXY_PORT/" "$PROXY_PID"; then break; fi
+    (( try < 5 )) || die "nginx proxy did not start (see $TMP/proxy-error.log)"
+done
+for try in 1 2 3 4 5; do
+    PH_PORT=$(free_port); PH_ADMIN=$(free_port)
+    while [[ $PH_PORT == "$PH_ADMIN" ]]; do PH_ADMIN=$(free_port); done
+    fill "$COMPARE/payhook.toml" "$TMP/payhook.toml"
+    "${N[@]}" "$PAYHOOK_BIN" run --config "$TMP/payhook.toml" >"$TMP/payhook.out" 2>>"$TMP/payhook.log" &
+    PH_PID=$!; PIDS+=("$PH_PID")
+    if up "http://127.0.0.1:$PH_ADMIN/healthz" "$PH_PID" && up "http://127.0.0.1:$PH_PORT/" "$PH_PID"; then break; fi
+    (( try < 5 )) || die "payhook did not start (see $TMP/payhook.log)"
+done
 
 BACKEND_URL="http://127.0.0.1:$BACKEND_PORT"
 PROXY_URL="http://127.0.0.1:$PROXY_PORT"

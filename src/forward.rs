@@ -287,7 +287,12 @@ impl Forwarder {
         body: Bytes,
         timeout: Duration,
     ) -> Result<HttpReply, ForwardError> {
-        let io = |e: Box<pingora::Error>| ForwardError::Io(e.to_string());
+        // The session's own read/write timeouts are the same bound as the outer one: whichever
+        // fires first, it is a timeout.
+        let io = |e: Box<pingora::Error>| match e.etype() {
+            pingora::ErrorType::ReadTimedout | pingora::ErrorType::WriteTimedout => ForwardError::Timeout,
+            _ => ForwardError::Io(e.to_string()),
+        };
         let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(io)?;
         req.insert_header("Host", &backend.host_header).map_err(io)?;
         req.insert_header("User-Agent", "payhook").map_err(io)?;
