@@ -88,8 +88,17 @@ fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/payhook-compare.XXXXXX") # 0700: payhook wants a private upgrade_sock dir
 chmod 700 "$TMP"
 PIDS=()
+# NICE also lowers the niceness of this session's scheduler autogroup (the kernel shares the CPU
+# between sessions first, so a process's own niceness only ranks it within its session); the
+# old value is restored on exit.
+AUTOGROUP_OLD=""
+if [[ $NICE != 0 && -w /proc/$$/autogroup ]]; then
+    AUTOGROUP_OLD=$(awk '{ print $3 }' "/proc/$$/autogroup")
+    echo "$NICE" >"/proc/$$/autogroup"
+fi
 cleanup() {
     local rc=$?
+    [[ -z $AUTOGROUP_OLD ]] || echo "$AUTOGROUP_OLD" >"/proc/$$/autogroup" || true
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [[ ${KEEP_TMP:-0} == 1 || $rc -ne 0 ]]; then log "files kept in $TMP"; else rm -rf "$TMP"; fi
@@ -118,6 +127,7 @@ up() {
     die "$1 did not answer within 20 s (see $TMP)"
 }
 
+REDIS_PORT="" BACKEND_PORT="" PROXY_PORT="" PH_PORT="" PH_ADMIN=""
 fill() { # template out: replace @KEY@ placeholders
     sed -e "s|@DIR@|$TMP|g" -e "s|@KEYS@|$KEYS|g" -e "s|@WORKERS@|$NGINX_WORKERS|g" \
         -e "s|@THREADS@|$PAYHOOK_THREADS|g" -e "s|@REDIS_PORT@|$REDIS_PORT|g" \

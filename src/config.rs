@@ -108,6 +108,10 @@ pub struct ServerSettings {
     pub admin_tls: bool,
     /// Seconds until the certificate expires, when it is configured (for `check`'s warning).
     pub tls_expires_in: Option<i64>,
+    /// Open notify connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// A request head must arrive within this of the connection opening or the last response.
+    pub header_timeout: Duration,
 }
 
 /// `[server] log_format` (or `run --log-format`): one JSON object per line for collectors.
@@ -245,6 +249,17 @@ struct RawServer {
     tls_key_file: Option<PathBuf>,
     #[serde(default)]
     admin_tls: bool,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    header_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Deserialize)]
@@ -480,7 +495,15 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
         tls: None,
         admin_tls: raw.server.admin_tls,
         tls_expires_in: None,
+        max_connections: raw.server.max_connections,
+        header_timeout: raw.server.header_timeout,
     };
+    if server.max_connections == 0 {
+        return Err(ConfigError::invalid("server.max_connections", "must be at least 1"));
+    }
+    if server.header_timeout.is_zero() {
+        return Err(ConfigError::invalid("server.header_timeout", "must be above 0"));
+    }
     let mut server = server;
     match (raw.server.tls_cert_file.map(|p| dir.resolve(&p)), raw.server.tls_key_file.map(|p| dir.resolve(&p))) {
         (Some(cert), Some(key)) => {

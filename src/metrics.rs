@@ -117,6 +117,16 @@ pub static TLS_CERT_EXPIRY: Lazy<GaugeVec> = Lazy::new(|| {
         .expect("metric registers once")
 });
 
+/// Notify-listener connections closed by payhook: `reason` = max_connections | header_timeout.
+pub static CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!("payhook_connections_closed_total", "Notify connections payhook closed to bound what clients hold", &["reason"])
+        .expect("metric registers once")
+});
+
+pub static CONNECTIONS_OPEN: Lazy<prometheus::IntGauge> = Lazy::new(|| {
+    prometheus::register_int_gauge!("payhook_connections_open", "Open notify-listener connections").expect("metric registers once")
+});
+
 /// `payhook --version`: the crate version and the git commit it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("PAYHOOK_GIT_COMMIT"), ")");
 
@@ -144,6 +154,10 @@ pub fn init() {
     Lazy::force(&RECOVERED);
     Lazy::force(&PAYMENT_TO_DELIVERY);
     Lazy::force(&TLS_CERT_EXPIRY);
+    Lazy::force(&CONNECTIONS_OPEN);
+    for reason in ["max_connections", "header_timeout"] {
+        CONNECTIONS_REFUSED.with_label_values(&[reason]);
+    }
     BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("PAYHOOK_GIT_COMMIT")]).set(1);
     // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
     let _ = prometheus::register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));

@@ -60,6 +60,8 @@ pub fn restart_only_changes(server: &ServerSettings, ledger: &LedgerSettings, re
         ("server.log_format", server.log_format != s.log_format),
         ("server.tls_cert_file", server.tls != s.tls),
         ("server.admin_tls", server.admin_tls != s.admin_tls),
+        ("server.max_connections", server.max_connections != s.max_connections),
+        ("server.header_timeout", server.header_timeout != s.header_timeout),
         ("ledger.backend", ledger.backend != l.backend),
         ("ledger.key_prefix", ledger.key_prefix != l.key_prefix),
         ("ledger.done_ttl", ledger.done_ttl != l.done_ttl),

@@ -13,7 +13,7 @@ use crate::admin::AdminApp;
 use crate::config::{Config, LedgerBackend};
 use crate::flow::Gateway;
 use crate::forward::Forwarder;
-use crate::gateway::NotifyApp;
+use crate::gateway::{ConnectionLimits, NotifyApp};
 use crate::ledger::embedded::Embedded;
 use crate::ledger::redis::RedisLedger;
 use crate::ledger::{Ledger, LedgerError, Retention};
@@ -78,7 +78,8 @@ pub fn build_server(config: Config, config_path: &Path, opt: Option<Opt>) -> Res
     let reconcile = config.reconcile.clone();
     let gateway = Arc::new(Gateway::new(config, ledger, forwarder));
 
-    let mut notify = Service::new("payhook notify".to_string(), NotifyApp::new(gateway.clone(), s.body_limit, s.body_timeout));
+    let app = NotifyApp::new(gateway.clone(), s.body_limit, s.body_timeout);
+    let mut notify = Service::new("payhook notify".to_string(), ConnectionLimits::new(app, s.max_connections, s.header_timeout));
     let mut certificates = Vec::new();
     match &s.tls {
         Some((cert, key)) => {

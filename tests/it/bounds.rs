@@ -23,7 +23,9 @@ async fn status_of(stream: &mut TcpStream) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_load_keeps_memory_bounded_and_service_up() {
     let backend = ok_backend().await;
-    let cfg = config(&embedded_ledger(), &backend.url("/pay/notify"), "").replace("grace_period = \"0s\"", "grace_period = \"0s\"\nbody_timeout = \"1s\"");
+    // Above the idle flood: this test measures what each held connection costs.
+    let cfg = config(&embedded_ledger(), &backend.url("/pay/notify"), "")
+        .replace("grace_period = \"0s\"", "grace_period = \"0s\"\nbody_timeout = \"1s\"\nmax_connections = 20000");
     let gw = Payhook::start(&cfg).await;
     let wx = WxV3::public_key_mode();
     let (h, b) = wx.paid("bounds-warm", 1);
@@ -103,4 +105,53 @@ async fn hostile_load_keeps_memory_bounded_and_service_up() {
         assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
     }
     assert!(gw.rss_kib() <= peak + 4096, "memory kept growing after the connections closed");
+}
+
+/// 200 clients trickling a header byte every 100 ms: past `max_connections` they are closed at
+/// once, the rest when `header_timeout` runs out; valid traffic is served throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_header_clients_and_connection_floods_are_closed() {
+    let backend = ok_backend().await;
+    let cfg = config(&embedded_ledger(), &backend.url("/pay/notify"), "")
+        .replace("grace_period = \"0s\"", "grace_period = \"0s\"\nmax_connections = 50\nheader_timeout = \"1s\"");
+    let gw = Payhook::start(&cfg).await;
+    let started = Instant::now();
+    let mut trickling = Vec::new();
+    for _ in 0..200 {
+        let stream = TcpStream::connect(gw.addr).await.unwrap();
+        trickling.push(tokio::spawn(async move {
+            let mut stream = stream;
+            let opened = Instant::now();
+            for byte in b"POST /notify/wx/goods HTTP/1.1\r\nHost: payhook\r\nContent-Length: 10\r\nX-Slow: ".iter().cycle().take(600) {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    return opened.elapsed();
+                }
+                let mut probe = [0u8; 1];
+                if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut probe)).await {
+                    return opened.elapsed();
+                }
+            }
+            opened.elapsed()
+        }));
+    }
+    let mut held = Vec::new();
+    for t in trickling {
+        held.push(t.await.unwrap());
+    }
+    held.sort();
+    let closed_within = |limit: Duration| held.iter().filter(|d| **d < limit).count();
+    println!(
+        "slow headers: 200 clients, max_connections=50, header_timeout=1s: closed within 0.5 s={} within 2.5 s={} longest={:?}",
+        closed_within(Duration::from_millis(500)),
+        closed_within(Duration::from_millis(2500)),
+        held.last().unwrap()
+    );
+    assert!(closed_within(Duration::from_millis(500)) >= 150, "the connections past the cap are closed at once: {held:?}");
+    assert_eq!(closed_within(Duration::from_millis(2500)), 200, "every slow client is closed: {held:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(gw.metric("payhook_connections_closed_total", &[("reason", "max_connections")]).await >= 150.0);
+    assert!(gw.metric("payhook_connections_closed_total", &[("reason", "header_timeout")]).await >= 1.0);
+    let (h, b) = WxV3::public_key_mode().paid("after-slow-headers", 1);
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    assert_eq!(gw.metric("payhook_connections_open", &[]).await, 0.0);
 }
