@@ -205,6 +205,91 @@ else
     check "systemd-analyze security: exposure at most 2.0" unit_exposure
 fi
 
+# The unit's seccomp-based settings, emulated with libseccomp for the rehearsal below (there is
+# no running systemd here): SystemCallFilter (groups expanded by systemd-analyze) with
+# SystemCallErrorNumber, MemoryDenyWriteExecute, RestrictAddressFamilies, NoNewPrivileges.
+SANDBOX=()
+if have systemd-analyze && [ -x /usr/bin/python3 ]; then
+    /usr/bin/python3 -c 'import seccomp' 2>/dev/null || apt_install python3-seccomp || true
+fi
+if have systemd-analyze && [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then
+    python3 - "$UNIT" >"$WORK/systemd/seccomp.json" <<'EOF'
+import json, subprocess, sys
+settings = {}
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if line and not line.startswith("#") and "=" in line:
+        key, value = line.split("=", 1)
+        settings[key] = value
+def expand(item, seen):
+    if not item.startswith("@"):
+        return {item}
+    if item in seen:
+        return set()
+    seen.add(item)
+    out = set()
+    text = subprocess.run(["systemd-analyze", "syscall-filter", item], capture_output=True, text=True, check=True).stdout
+    for line in text.splitlines()[1:]:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out |= expand(line, seen)
+    return out
+filt = settings["SystemCallFilter"]
+assert not filt.startswith("~"), "an allow-list is expected"
+calls = set()
+for item in filt.split():
+    calls |= expand(item, set())
+json.dump({
+    "allow": sorted(calls),
+    "errno": settings.get("SystemCallErrorNumber", "EPERM"),
+    "mdwe": settings.get("MemoryDenyWriteExecute") == "yes",
+    "families": settings.get("RestrictAddressFamilies", "").split(),
+}, sys.stdout)
+EOF
+    cat >"$WORK/systemd/sandbox.py" <<'EOF'
+import errno, json, mmap, os, socket, sys
+import seccomp
+spec = json.load(open(sys.argv[1]))
+f = seccomp.SyscallFilter(defaction=seccomp.ERRNO(getattr(errno, spec["errno"])))
+special = {"socket"} | ({"mmap", "mprotect", "pkey_mprotect"} if spec["mdwe"] else set())
+for name in spec["allow"]:
+    if name in special:
+        continue
+    try:
+        f.add_rule(seccomp.ALLOW, name)
+    except Exception:
+        pass  # not a system call of this architecture
+if spec["mdwe"]:  # never writable and executable at once
+    wx = mmap.PROT_WRITE | mmap.PROT_EXEC
+    for name in ("mmap", "mprotect", "pkey_mprotect"):
+        if name in spec["allow"]:
+            for prot in (0, mmap.PROT_WRITE, mmap.PROT_EXEC):
+                f.add_rule(seccomp.ALLOW, name, seccomp.Arg(2, seccomp.MASKED_EQ, wx, prot))
+for family in spec["families"] or ["AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK", "AF_PACKET"]:
+    f.add_rule(seccomp.ALLOW, "socket", seccomp.Arg(0, seccomp.EQ, getattr(socket, family)))
+f.load()  # libseccomp sets no_new_privs first
+os.execv(sys.argv[2], sys.argv[2:])
+EOF
+    chmod 0644 "$WORK/systemd/seccomp.json" "$WORK/systemd/sandbox.py"
+    chmod 0755 "$WORK/systemd"
+    SANDBOX=(/usr/bin/python3 "$WORK/systemd/sandbox.py" "$WORK/systemd/seccomp.json")
+    sandbox_bites() {
+        local probe
+        for probe in 'import socket; socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)' \
+            'import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)' \
+            'import os; os.chroot("/")'; do
+            if "${SANDBOX[@]}" /usr/bin/python3 -c "$probe" 2>/dev/null; then
+                echo "not refused inside the emulated sandbox: $probe"
+                return 1
+            fi
+        done
+        "${SANDBOX[@]}" /usr/bin/python3 -c 'import socket; socket.socket(socket.AF_INET6).close()'
+    }
+    check "emulated unit sandbox refuses netlink sockets, W+X memory and chroot; allows AF_INET6" sandbox_bites
+else
+    skip "emulated unit sandbox (needs systemd-analyze and Debian's python3-seccomp)"
+fi
+
 # ---------------------------------------------------------------------------------- YAML
 section "compose.yaml, deploy/kubernetes"
 parse_yaml() {
@@ -567,6 +652,8 @@ assert sorted(o) == ["demo-1001", "demo-1002", "demo-1003", "demo-1004"] and all
         AS_USER=(setpriv --reuid=10001 --regid=10001 --clear-groups)
         RUN_UID=10001
     fi
+    # payhook (and the simulate commands) inside the unit's emulated seccomp settings.
+    AS_USER+=("${SANDBOX[@]}")
     (cd "$E" && exec env PAYHOOK_ADMIN_TOKEN="$TOKEN" RUNTIME_DIRECTORY="$R/run/payhook" PAYHOOK_LOG=info \
         "${AS_USER[@]}" "$PAYHOOK" run --config "$E/payhook.toml") >"$R/payhook.log" 2>&1 &
     PAYHOOK_PID=$!
@@ -584,7 +671,7 @@ EOF
     healthcheck() { bash "$R/healthcheck.sh"; }
     sed "s#/dev/tcp/127.0.0.1/$P_ADMIN#/dev/tcp/127.0.0.1/$P_TLS#" "$R/healthcheck.sh" >"$R/healthcheck-nothing.sh"
     if wait_for 20 healthcheck; then
-        ok "payhook up as uid $RUN_UID; the image's HEALTHCHECK command passes"
+        ok "payhook up as uid $RUN_UID$([ ${#SANDBOX[@]} -eq 0 ] || echo ", inside the unit's emulated seccomp settings"); the image's HEALTHCHECK command passes"
     else
         bad "payhook did not become healthy (HEALTHCHECK command)"
         sed 's/^/     | /' "$R/payhook.log" | tail -n 20
