@@ -3,8 +3,8 @@
 #   docker build -t payhook .
 #   docker run --rm -v "$PWD/my.toml:/etc/payhook/payhook.toml:ro" -p 8080:8080 payhook
 #
-# The config's listen and admin_listen must not be loopback inside a container (use
-# 0.0.0.0:8080 / 0.0.0.0:9090) and the admin port must not be published to the internet.
+# Inside a container the config listens on 0.0.0.0:8080 (notify) and 0.0.0.0:9090 (admin, for
+# Prometheus and the health check); never publish the admin port to the internet.
 # compose.yaml runs the quick start with Redis and the PHP example backend; see
 # docs/production.md.
 
@@ -34,9 +34,8 @@ FROM debian:bookworm-slim
 # permissions can name it.
 # /var/lib/payhook: working directory, and the embedded ledger's home if one is used
 #   (mount a volume there: [ledger] path = "/var/lib/payhook/ledger.redb").
-# /run/payhook: $RUNTIME_DIRECTORY, the default directory of the upgrade socket (and of
-#   pid_file, which pingora writes only when it daemonizes; payhook does not).
-#   payhook refuses a directory that other users can write, hence 0700.
+# /run/payhook: $RUNTIME_DIRECTORY, the default directory of the pid file and the upgrade
+#   socket; payhook refuses a directory that other users can write, hence 0700.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
@@ -60,7 +59,8 @@ WORKDIR /var/lib/payhook
 EXPOSE 8080 9090
 
 # No HTTP client in the image: bash's /dev/tcp asks the admin listener for /healthz (200
-# while the process runs). Assumes admin_listen on port 9090; change both together.
+# while the process runs). Assumes admin_listen on port 9090 over plain HTTP (not admin_tls);
+# change both together.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9090 && printf 'GET /healthz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && IFS= read -r status <&3 && [[ $status == 'HTTP/1.1 200'* ]]"]
 

@@ -114,8 +114,8 @@ free_port() {
 # up URL PID: 0 once URL answers (and PID still runs a moment later: a port taken by another
 # process in the meantime makes ours exit), 1 if PID exited; dies if it never answers.
 up() {
-    local i
-    for i in $(seq 1 400); do
+    local _
+    for _ in $(seq 1 400); do
         if [[ $1 == redis:* ]]; then
             redis-cli -p "${1#redis:}" ping >/dev/null 2>&1 && { sleep 0.2; kill -0 "$2" 2>/dev/null && return 0; }
         else

@@ -8,7 +8,8 @@
 # else target/release/payhook, else `payhook` on PATH; without one they are skipped.
 #
 #  1. LICENSE is the Apache License 2.0 that Cargo.toml names.
-#  2. The systemd unit: `systemd-analyze verify`, and its exposure score.
+#  2. The systemd unit: `systemd-analyze verify`, its exposure score, and its seccomp-based
+#     settings emulated with libseccomp (Debian's python3-seccomp) around the payhook of 6.
 #  3. compose.yaml and deploy/kubernetes/*.yaml parse, and agree with each other and with the
 #     configs they carry (ports, envelope, secret files, shutdown timing ...).
 #  4. Schemas and lint, with tools installed once into a Python venv
@@ -18,8 +19,9 @@
 #     are each refused; the Kubernetes RUNTIME_DIRECTORY layout is accepted.
 #  6. The compose stack rehearsed without Docker: redis-server with compose's arguments, the
 #     backend service's own shell command, payhook as uid 10001 from the compose layout, the
-#     image's HEALTHCHECK command, the docs' simulate commands, SIGHUP, /readyz without Redis,
-#     and nginx with deploy/nginx/payhook.conf terminating TLS in front of it.
+#     image's HEALTHCHECK command, the docs' simulate commands, SIGHUP, nginx with
+#     deploy/nginx/payhook.conf terminating TLS in front of it, the in-place upgrade
+#     (--upgrade, SIGQUIT), /readyz without Redis.
 #  7. With a Docker daemon: `docker build` and the compose quick start for real. Without one it
 #     prints one line saying so.
 #
@@ -372,7 +374,7 @@ assert any(l.startswith("HEALTHCHECK ") for l in lines)
 di = [l.strip() for l in open(".dockerignore") if l.strip() and not l.lstrip().startswith("#")]
 for need in ("target/", "**/target/", "fuzz/", ".git/"):
     assert need in di, f".dockerignore lacks {need}"
-for kept in ("src", "benches", "Cargo.toml", "Cargo.lock"):
+for kept in ("src", "benches", "build.rs", "Cargo.toml", "Cargo.lock"):
     assert not any(p.rstrip("/") == kept for p in di), f".dockerignore excludes {kept}, which the build needs"
 print("Dockerfile and .dockerignore have the expected shape")
 EOF
@@ -678,6 +680,13 @@ EOF
     fi
     healthcheck_fails_when_down() { ! bash "$R/healthcheck-nothing.sh"; }
     check "HEALTHCHECK command fails when nothing listens on the port" healthcheck_fails_when_down
+    PIDFILE="$R/run/payhook/payhook.pid"
+    if wait_for 5 test -s "$PIDFILE"; then
+        check "pid file RUNTIME_DIRECTORY/payhook.pid names the running process" test "$(cat "$PIDFILE")" = "$PAYHOOK_PID"
+    else
+        PIDFILE=
+        skip "pid file (this binary does not write one in the foreground: it predates that change)"
+    fi
     check "GET /readyz is 200 with Redis up" test "$(http_status "http://127.0.0.1:$P_ADMIN/readyz")" = 200
 
     run_simulations() {
@@ -804,12 +813,20 @@ EOF
         }
         check "through nginx: a body of body_limit bytes reaches payhook (its own reply, not nginx's 413)" body_limit_passes
         check "orders.json: demo-1005 paid once through nginx" orders_as_expected "$R/data/orders.json" '{"demo-1005": [1, 1]}'
+        if grep -q 'request_id=' "$R/payhook.log"; then
+            nginx_request_id() { grep -E 'request_id=[0-9a-f]{32}\}.*out_trade_no="demo-1005"' "$R/payhook.log"; }
+            check "through nginx: payhook logs nginx's \$request_id (X-Request-Id) as request_id" nginx_request_id
+        else
+            skip "request id through nginx (this binary logs no request_id: it predates that change)"
+        fi
     else
         skip "nginx TLS rehearsal (nginx or openssl not installed)"
     fi
 
-    # docs/production.md, "In place, without a gap": a second process with --upgrade waits on
-    # upgrade_sock in RUNTIME_DIRECTORY, SIGQUIT makes the old one hand over its listeners.
+    # docs/production.md, "In place, without a gap": the old pid from the pid file, a second
+    # process with --upgrade waiting on upgrade_sock, SIGQUIT to the old one.
+    OLD_PID=$PAYHOOK_PID
+    [ -z "$PIDFILE" ] || OLD_PID=$(cat "$PIDFILE")
     (cd "$E" && exec env PAYHOOK_ADMIN_TOKEN="$TOKEN" RUNTIME_DIRECTORY="$R/run/payhook" PAYHOOK_LOG=info \
         "${AS_USER[@]}" "$PAYHOOK" run --config "$E/payhook.toml" --upgrade) >"$R/payhook-new.log" 2>&1 &
     NEW_PID=$!
@@ -817,7 +834,7 @@ EOF
     upgrade_sock_bound() { [ -S "$R/run/payhook/payhook_upgrade.sock" ]; }
     if wait_for 4 upgrade_sock_bound; then
         ok "upgrade: the new process waits on RUNTIME_DIRECTORY/payhook_upgrade.sock"
-        kill -QUIT "$PAYHOOK_PID"
+        kill -QUIT "$OLD_PID"
         old_gone() { ! kill -0 "$PAYHOOK_PID" 2>/dev/null; }
         new_alive() { kill -0 "$NEW_PID" 2>/dev/null; }
         upgraded() {
@@ -829,6 +846,9 @@ EOF
                 --out-trade-no demo-1001 --total-fee 1234)
         }
         check "upgrade: SIGQUIT hands the listeners over; the old process exits, the new one answers" upgraded
+        if [ -n "$PIDFILE" ]; then
+            check "upgrade: the pid file names the new process" test "$(cat "$PIDFILE")" = "$NEW_PID"
+        fi
         PAYHOOK_PID=$NEW_PID
     else
         bad "upgrade: no upgrade socket appeared in RUNTIME_DIRECTORY"
