@@ -7,6 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/check-alerts.sh
+# Packaging: unit, manifests, the compose stack rehearsed natively, and the image and compose
+# quick start when a Docker daemon answers (else one SKIPPED line). Its schema and lint tools
+# (~200 MB) are for `scripts/test-packaging.sh` run by hand.
+cargo build --locked --bin payhook
+PAYHOOK_BIN=target/debug/payhook PAYHOOK_PACKAGING_TOOLS=off scripts/test-packaging.sh
 examples/test-backends.sh
 if [ "${FUZZ_SECONDS:-10}" != 0 ]; then
   FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz.sh
