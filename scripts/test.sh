@@ -11,7 +11,7 @@ scripts/check-alerts.sh
 # quick start when a Docker daemon answers (else one SKIPPED line). Its schema and lint tools
 # (~200 MB) are for `scripts/test-packaging.sh` run by hand.
 cargo build --locked --bin payhook
-PAYHOOK_BIN=target/debug/payhook PAYHOOK_PACKAGING_TOOLS=off scripts/test-packaging.sh
+PAYHOOK_BIN="${CARGO_TARGET_DIR:-target}/debug/payhook" PAYHOOK_PACKAGING_TOOLS=off scripts/test-packaging.sh
 examples/test-backends.sh
 if [ "${FUZZ_SECONDS:-10}" != 0 ]; then
   FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz.sh
