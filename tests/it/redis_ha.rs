@@ -161,13 +161,24 @@ impl Provider {
     }
 }
 
-/// Orders → how many times the backend answered `{"code":0}` for them.
-fn forwards(backend: &TestServer) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
+/// Stops the provider, prints the test's summary line and asserts every acknowledged order
+/// reached the backend exactly once; returns the longest stretch without a ledger.
+async fn exactly_once(name: &str, provider: Provider, backend: &TestServer, failover: Duration) -> Duration {
+    let (sent, without_ledger) = provider.finish().await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
     for req in backend.requests() {
         *counts.entry(open_ecb(&req.body, NOTIFY_KEY)["out_trade_no"].as_str().unwrap().to_string()).or_insert(0) += 1;
     }
-    counts
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "{name}: orders={} forwards={} forwarded_twice={} failover={failover:?} longest_without_ledger={without_ledger:?}",
+        sent.len(),
+        backend.count(),
+        twice.len()
+    );
+    assert!(sent.iter().all(|o| counts.contains_key(o)), "every acknowledged order reached the backend");
+    assert!(twice.is_empty(), "forwarded twice: {twice:?}");
+    without_ledger
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,17 +231,7 @@ async fn sentinel_failover_under_traffic_forwards_each_order_once() {
     wait_for("a new master", Duration::from_secs(30), || cli(sentinel_ports[0], &["SENTINEL", "get-master-addr-by-name", "pm"]).contains(&replica_port.to_string())).await;
     let failover = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (sent, without_ledger) = provider.finish().await;
-    let counts = forwards(&backend);
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    println!(
-        "sentinel failover: orders={} forwards={} forwarded_twice={} sentinel_failover={failover:?} longest_without_ledger={without_ledger:?}",
-        sent.len(),
-        backend.count(),
-        twice.len()
-    );
-    assert!(sent.iter().all(|o| counts.contains_key(o)), "every acknowledged order reached the backend");
-    assert!(twice.is_empty(), "forwarded twice: {twice:?}");
+    let without_ledger = exactly_once("sentinel failover", provider, &backend, failover).await;
     assert!(without_ledger < Duration::from_secs(15), "{without_ledger:?} without a ledger");
 }
 
@@ -286,15 +287,5 @@ async fn cluster_reshard_and_failover_under_traffic_forward_each_order_once() {
     wait_for("failover", Duration::from_secs(30), || cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok") && cli(survivor, &["CLUSTER", "NODES"]).contains("fail")).await;
     let failover = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (sent, without_ledger) = provider.finish().await;
-    let counts = forwards(&backend);
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    println!(
-        "cluster reshard+failover: orders={} forwards={} forwarded_twice={} failover={failover:?} longest_without_ledger={without_ledger:?}",
-        sent.len(),
-        backend.count(),
-        twice.len()
-    );
-    assert!(sent.iter().all(|o| counts.contains_key(o)), "every acknowledged order reached the backend");
-    assert!(twice.is_empty(), "forwarded twice: {twice:?}");
+    exactly_once("cluster reshard+failover", provider, &backend, failover).await;
 }
