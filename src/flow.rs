@@ -413,7 +413,7 @@ impl Gateway {
     pub async fn resolve_forward(&self, acct: &Account, out_trade_no: &str, as_type: Option<&str>) -> Result<Delivery, ResolveError> {
         let key = acct.payment_id(out_trade_no);
         let record = self.ledger.record(&key).await?.filter(|r| r.state == OrderState::Quarantined).ok_or(ResolveError::NotQuarantined)?;
-        let q = record.quarantine.unwrap_or_else(|| unreachable_quarantine(&key));
+        let q = record.quarantine.unwrap_or_else(|| missing_quarantine_details(&key));
         let order_type = as_type
             .map(str::to_string)
             .or(q.registered_type.clone())
@@ -519,7 +519,7 @@ impl Gateway {
     }
 }
 
-fn unreachable_quarantine(key: &PaymentId) -> QuarantineInfo {
+fn missing_quarantine_details(key: &PaymentId) -> QuarantineInfo {
     tracing::warn!(key = %key, "quarantined record without its details");
     QuarantineInfo {
         reason: String::new(),
