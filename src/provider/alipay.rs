@@ -351,6 +351,10 @@ impl Provider for Alipay {
         ("alipay", &self.app_id)
     }
 
+    fn can_query(&self) -> bool {
+        self.query.is_some()
+    }
+
     fn verify(&self, inbound: &Inbound) -> Result<Verified, ProviderError> {
         let form = Form::parse(inbound.body)?;
         self.verify_signature(&form)?;

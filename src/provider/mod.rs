@@ -155,10 +155,9 @@ pub trait Provider: Send + Sync {
     /// The provider's exact reply for `answer`; `reason` is a short fixed label, never user data.
     fn reply(&self, answer: Answer, reason: &str) -> Reply;
 
-    /// Whether [`Provider::order_query`] can build a request (the account has query credentials).
-    fn can_query(&self) -> bool {
-        self.order_query("probe", 0).is_some()
-    }
+    /// Whether [`Provider::order_query`] can build a request (the account has query
+    /// credentials). Asked every sweep round, so it must not build (and sign) one.
+    fn can_query(&self) -> bool;
 
     /// The signed order-query request for `out_trade_no` (the active trigger), or `None` when the
     /// account has no `api_base` / signing key configured. `now` is unix seconds.

@@ -269,6 +269,10 @@ impl Provider for WechatV2 {
         ("wechat", &self.mch_id)
     }
 
+    fn can_query(&self) -> bool {
+        self.api.is_some()
+    }
+
     fn reply_timeout(&self) -> Option<std::time::Duration> {
         Some(super::WECHAT_REPLY_TIMEOUT)
     }

@@ -250,6 +250,10 @@ impl Provider for WechatV3 {
         ("wechat", &self.mchid)
     }
 
+    fn can_query(&self) -> bool {
+        self.query.is_some()
+    }
+
     fn reply_timeout(&self) -> Option<Duration> {
         Some(WECHAT_REPLY_TIMEOUT)
     }
