@@ -1,5 +1,6 @@
-//! Outbound HTTP: the POST to a backend (and, later, queries to providers) over pingora's
-//! `Connector`, which pools keep-alive connections per peer and speaks TLS through rustls.
+//! Outbound HTTP: the POST to a backend (and queries to providers) over pingora's
+//! `TransportConnector`, which pools keep-alive connections per peer and speaks TLS through
+//! rustls; pingora's HTTP/1 client reads the reply and decides whether the connection is reused.
 //!
 //! A backend call succeeds only when the reply is 2xx and its JSON body has `"code": 0` as a
 //! number; every other ending is a typed [`ForwardError`] whose `reason()` is a metric label.
@@ -11,7 +12,10 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
+use pingora::connectors::TransportConnector;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession};
+use pingora::upstreams::peer::Peer;
+use tokio::io::AsyncWriteExt;
 
 use crate::context::RequestContext;
 use pingora::connectors::ConnectorOptions;
@@ -223,14 +227,14 @@ pub struct HttpReply {
 
 /// The shared outbound client; one per process so connection pools are shared.
 pub struct Forwarder {
-    connector: Connector,
+    transport: TransportConnector,
 }
 
 impl Forwarder {
     pub fn new(ca_file: Option<String>) -> Self {
         let mut options = ConnectorOptions::new(128);
         options.ca_file = ca_file;
-        Forwarder { connector: Connector::new(Some(options)) }
+        Forwarder { transport: TransportConnector::new(Some(options)) }
     }
 
     /// POSTs an order envelope; Ok only on 2xx with `{"code":0}`.
@@ -304,38 +308,51 @@ impl Forwarder {
         }
         req.insert_header("Content-Length", body.len().to_string()).map_err(io)?;
 
+        // The head and the body go out in one write (one segment for a small order): pingora's
+        // HTTP client flushes the head on its own, which costs a second send and wakes the
+        // backend twice per notification.
+        let mut wire = http_req_header_to_wire(&req).ok_or_else(|| ForwardError::Io("request path has a forbidden byte".into()))?;
+        wire.extend_from_slice(&body);
+
         let peers = backend.peers().await?;
         let mut connected = None;
         let mut last_error = String::new();
         for peer in peers.iter() {
-            match self.connector.get_http_session(peer).await {
-                Ok((session, _reused)) => {
-                    connected = Some((session, peer));
+            match self.transport.get_stream(peer).await {
+                Ok((stream, _reused)) => {
+                    connected = Some((stream, peer));
                     break;
                 }
                 Err(e) => last_error = e.to_string(),
             }
         }
-        let (mut session, peer) = connected.ok_or(ForwardError::Connect(last_error))?;
-        session.set_read_timeout(Some(timeout));
-        session.set_write_timeout(Some(timeout));
-        session.write_request_header(Box::new(req)).await.map_err(io)?;
-        if !body.is_empty() {
-            session.write_request_body(body, true).await.map_err(io)?;
+        let (mut stream, peer) = connected.ok_or(ForwardError::Connect(last_error))?;
+        let written = async {
+            stream.write_all(&wire).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(timeout, written).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ForwardError::Io(e.to_string())),
+            Err(_) => return Err(ForwardError::Timeout),
         }
-        session.finish_request_body().await.map_err(io)?;
-        session.read_response_header().await.map_err(io)?;
-        let head = session.response_header().ok_or_else(|| ForwardError::Io("no response header".into()))?;
+        let mut session = HttpSession::new_with_options(stream, peer);
+        session.read_timeout = Some(timeout);
+        session.read_response().await.map_err(io)?;
+        let head = session.resp_header().ok_or_else(|| ForwardError::Io("no response header".into()))?;
         let status = head.status.as_u16();
         let headers = head.headers.clone();
         let mut buf = BytesMut::new();
-        while let Some(chunk) = session.read_response_body().await.map_err(io)? {
+        while let Some(chunk) = session.read_body_ref().await.map_err(io)? {
             if buf.len() + chunk.len() > MAX_REPLY {
                 return Err(ForwardError::BadReply);
             }
-            buf.extend_from_slice(&chunk);
+            buf.extend_from_slice(chunk);
         }
-        self.connector.release_http_session(session, peer, Some(IDLE_TIMEOUT)).await;
+        session.respect_keepalive();
+        if let Some(stream) = session.reuse().await {
+            self.transport.release_stream(stream, peer.reuse_hash(), Some(IDLE_TIMEOUT));
+        }
         Ok(HttpReply { status, headers, body: buf.freeze() })
     }
 }
