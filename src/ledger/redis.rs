@@ -27,7 +27,7 @@ const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 100
 /// ARGV: token, lease ms, horizon ms, notify_mode, type ('' = the registered one), total_fee,
 /// require_registration ('1'). Decides without writing when the order is to be quarantined.
 const CLAIM: &str = r#"
-local r = redis.call('HMGET', KEYS[1], 'state', 'type', 'lease_until', 'registered', 'total_fee', 'forced', 'q_reason', 'fields')
+local r = redis.call('HMGET', KEYS[1], 'state', 'type', 'lease_until', 'registered', 'total_fee', 'forced', 'q_reason', 'fields', 'attempts', 'first_seen')
 local state, rtype, registered, want = r[1], r[2], r[4] == '1', ARGV[5]
 if state == 'dismissed' then return {'dismissed'} end
 if state == 'quarantined' then return {'quarantined', r[7] or ''} end
@@ -47,20 +47,20 @@ if r[6] ~= '1' then
 end
 if want == '' then want = rtype end
 if state == 'in_flight' and tonumber(r[3] or '0') > now then return {'in_flight'} end
-redis.call('HSET', KEYS[1], 'state', 'in_flight', 'token', ARGV[1], 'lease_until', now + tonumber(ARGV[2]), 'notify_mode', ARGV[4], 'type', want)
-redis.call('HSETNX', KEYS[1], 'total_fee', ARGV[6])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSETNX', KEYS[1], 'first_seen', now)
+-- One HSET: every redis.call is a command's worth of work on the ledger's hot path.
+redis.call('HSET', KEYS[1], 'state', 'in_flight', 'token', ARGV[1], 'lease_until', now + tonumber(ARGV[2]), 'notify_mode', ARGV[4], 'type', want,
+  'total_fee', r[5] or ARGV[6], 'attempts', tonumber(r[9] or '0') + 1, 'first_seen', r[10] or now)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'owned', want, r[8] or '', registered and '1' or '0'}
 "#;
 
-/// KEYS: record, data. ARGV: token, order data, done_ttl ms, horizon ms.
+/// KEYS: record, data. ARGV: token, order data, done_ttl ms. The record keeps the expiry its
+/// claim gave it (the dedupe horizon from the claim, at most a reply budget ago): the horizon is
+/// counted from the payment, which came before the claim.
 const COMPLETE: &str = r#"
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'done', 'done_at', now)
 redis.call('HDEL', KEYS[1], 'token', 'lease_until', 'last_failure', 'fields', 'forced', 'q_data')
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 "#;
@@ -444,7 +444,6 @@ impl Ledger for RedisLedger {
                 .arg(&lease.token)
                 .arg(order_data)
                 .arg(self.done_ttl_ms)
-                .arg(self.horizon_ms)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
