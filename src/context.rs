@@ -60,7 +60,7 @@ impl RequestContext {
 }
 
 fn new_request_id() -> String {
-    crate::keys::random_hex(8)
+    crate::keys::unique_hex(8)
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` (W3C Trace Context, version 00).

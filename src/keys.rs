@@ -139,10 +139,19 @@ impl RsaPrivateKey {
     }
 }
 
-/// A random hex string (nonces, lease tokens).
+/// A random hex string from the operating system's RNG (nonces of signed requests, keys).
 pub fn random_hex(bytes: usize) -> String {
     use ring::rand::SecureRandom;
     let mut buf = vec![0u8; bytes];
     ring::rand::SystemRandom::new().fill(&mut buf).expect("system RNG");
     hex::encode(buf)
+}
+
+/// A random hex id of `bytes` (at most 32) bytes (lease tokens, request ids) from a thread-local
+/// CSPRNG seeded by the operating system: unguessable like [`random_hex`], without a `getrandom`
+/// call per request.
+pub fn unique_hex(bytes: usize) -> String {
+    let mut buf = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut buf[..bytes]);
+    hex::encode(&buf[..bytes])
 }

@@ -225,7 +225,7 @@ pub struct Lease {
 
 impl Lease {
     pub fn new() -> Self {
-        Lease { token: crate::keys::random_hex(16) }
+        Lease { token: crate::keys::unique_hex(16) }
     }
 }
 
