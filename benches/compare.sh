@@ -17,7 +17,9 @@
 # PAYHOOK_LOG (info, payhook's default), N_FACTOR (2: pre-signed requests per expected one),
 # WAIT_IDLE (60: seconds to wait for an idle machine before starting), NICE (0; e.g. -10 runs
 # Redis, nginx, payhook, wrk and the pre-signer at that niceness, for a machine that is not
-# idle: needs root), KEEP_TMP=1 keeps the temp dir (configs, logs, wrk outputs, request files).
+# idle: needs root), KEEP_TMP=1 keeps the temp dir (configs, logs, wrk outputs, request files),
+# PERF_RECORD ("" ; e.g. "-g" or "--call-graph dwarf") records payhook with `perf record` during
+# its max run into the kept temp dir (the recording itself costs throughput: a profile, not a figure).
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -28,6 +30,8 @@ NGINX_WORKERS=${NGINX_WORKERS:-2}
 N_FACTOR=${N_FACTOR:-2}
 WAIT_IDLE=${WAIT_IDLE:-60}
 NICE=${NICE:-0}
+PERF_RECORD=${PERF_RECORD:-}
+[[ -z $PERF_RECORD ]] || KEEP_TMP=1
 export PAYHOOK_LOG=${PAYHOOK_LOG:-info}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -312,7 +316,16 @@ N_MAX=$(calc "\"%d\", $CAL_RATE * $DUR_S * $N_FACTOR + 50 * $CONNECTIONS")
 log "payhook calibrated at ~$CAL_RATE notifications/s; pre-signing $N_MAX for the ${DUR_S}s run"
 presign "$TMP/max.tsv" "$N_MAX" "$RUN_ID-max"
 # payhook first: the timestamps are freshest (payhook allows 5 minutes of clock skew).
+if [[ -n $PERF_RECORD ]]; then
+    # shellcheck disable=SC2086 # PERF_RECORD is a list of perf options
+    perf record $PERF_RECORD -o "$TMP/perf.data" -p "$PH_PID" -- sleep "$DUR_S" 2>"$TMP/perf.log" &
+    PERF_PID=$!
+fi
 run_payhook payhook "$TMP/max.tsv" "$DUR_S"
+if [[ -n $PERF_RECORD ]]; then
+    wait "$PERF_PID" || die "perf record failed (see $TMP/perf.log)"
+    log "profile of payhook's max run: perf report -i $TMP/perf.data"
+fi
 run nginx "$PROXY_URL" "$NOTIFY_PATH" "$TMP/max.tsv" "$DUR_S" 0 "$PROXY_PID"
 check_clean nginx
 run direct "$BACKEND_URL" "$BACKEND_PATH" "$TMP/max.tsv" "$DUR_S" 0 "$BACKEND_PID"
@@ -373,6 +386,10 @@ echo
 echo "half load = fixed ${HALF_RATE}/s (half of payhook's max), paced by wrk delay(); same -t$THREADS -c$CONNECTIONS"
 echo "payhook forwarded ${R[payhook_forwarded]} (max run) and ${R[half_payhook_forwarded]} (half load) notifications, $(( R[payhook_not_forwarded] + R[half_payhook_not_forwarded] )) not forwarded"
 echo "Redis (ledger) CPU, not counted above: $(calc "\"%.1f\", ${R[payhook_redis_ticks]} * 1e6 / $CLK_TCK / ${R[payhook_forwarded]}") us per notification (max run), peak RSS $(mib "$REDIS_HWM") MiB"
+# Everything the bench ran (wrk, servers, Redis) per request: the ratio can be no better than the
+# nginx path's figure over payhook's, since both share the same cores.
+machine_us() { calc "\"%.1f\", ${R[${1}_bench_pct]} / 100 * $(nproc) * 1e6 / ${R[${1}_rps]}"; }
+echo "whole-bench CPU per request (wrk + servers + Redis, from bench%): direct $(machine_us direct) us, nginx proxy_pass $(machine_us nginx) us, payhook $(machine_us payhook) us"
 echo "cpu_us/req: CPU time (utime+stime from /proc/PID/stat) of that server's processes only; rss_mib: VmHWM (nginx: summed over master and workers)"
 echo "bench%: share of the machine's CPU (all cores) used during the run by this bench (wrk, nginx, Redis, payhook); other%: by"
 echo "processes outside it; steal%: taken by the hypervisor (other% and steal% should be ~0)"
