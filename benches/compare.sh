@@ -19,7 +19,9 @@
 # Redis, nginx, payhook, wrk and the pre-signer at that niceness, for a machine that is not
 # idle: needs root), KEEP_TMP=1 keeps the temp dir (configs, logs, wrk outputs, request files),
 # PERF_RECORD ("" ; e.g. "-g" or "--call-graph dwarf") records payhook with `perf record` during
-# its max run into the kept temp dir (the recording itself costs throughput: a profile, not a figure).
+# its max run into the kept temp dir (the recording itself costs throughput: a profile, not a figure),
+# ONLY_PAYHOOK=1 stops after payhook's max run and prints one line (payhook_rps= p50_ms= p99_ms=
+# cpu_us_per_notification= redis_us_per_notification=): for comparing two builds, run by run.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -31,6 +33,7 @@ N_FACTOR=${N_FACTOR:-2}
 WAIT_IDLE=${WAIT_IDLE:-60}
 NICE=${NICE:-0}
 PERF_RECORD=${PERF_RECORD:-}
+ONLY_PAYHOOK=${ONLY_PAYHOOK:-0}
 [[ -z $PERF_RECORD ]] || KEEP_TMP=1
 export PAYHOOK_LOG=${PAYHOOK_LOG:-info}
 
@@ -325,6 +328,14 @@ run_payhook payhook "$TMP/max.tsv" "$DUR_S"
 if [[ -n $PERF_RECORD ]]; then
     wait "$PERF_PID" || die "perf record failed (see $TMP/perf.log)"
     log "profile of payhook's max run: perf report -i $TMP/perf.data"
+fi
+if [[ $ONLY_PAYHOOK == 1 ]]; then
+    (( ${#INVALID[@]} == 0 )) || die "invalid run: ${INVALID[*]}"
+    echo "payhook_rps=${R[payhook_rps]} p50_ms=$(calc "\"%.2f\", ${R[payhook_p50_us]} / 1000") p99_ms=$(calc "\"%.2f\", ${R[payhook_p99_us]} / 1000")" \
+        "cpu_us_per_notification=$(calc "\"%.1f\", ${R[payhook_cpu_ticks]} * 1e6 / $CLK_TCK / ${R[payhook_forwarded]}")" \
+        "redis_us_per_notification=$(calc "\"%.1f\", ${R[payhook_redis_ticks]} * 1e6 / $CLK_TCK / ${R[payhook_forwarded]}")" \
+        "bench_pct=${R[payhook_bench_pct]} other_pct=${R[payhook_other_pct]}"
+    exit 0
 fi
 run nginx "$PROXY_URL" "$NOTIFY_PATH" "$TMP/max.tsv" "$DUR_S" 0 "$PROXY_PID"
 check_clean nginx
