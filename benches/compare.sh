@@ -233,6 +233,12 @@ ours_ticks() {
 }
 WARNINGS=()
 declare -A R
+ms() { calc "\"%.2f\", $1 / 1000"; }
+mib() { calc "\"%.1f\", $1 / 1024"; }
+# NAME DIVISOR: that run's CPU of the measured server, in us per request.
+cpu_per() { calc "\"%.1f\", ${R[${1}_cpu_ticks]} * 1e6 / $CLK_TCK / $2"; }
+# NAME: Redis' CPU in that payhook run, in us per forwarded notification.
+redis_per() { calc "\"%.1f\", ${R[${1}_redis_ticks]} * 1e6 / $CLK_TCK / ${R[${1}_forwarded]}"; }
 # run NAME URL PATH FILE DURATION_S [RATE] [CPU_PID]: wrk, results into R[NAME_*].
 run() {
     local name=$1 url=$2 path=$3 file=$4 dur=$5 rate=${6:-0} cpu_pid=${7:-}
@@ -331,9 +337,8 @@ if [[ -n $PERF_RECORD ]]; then
 fi
 if [[ $ONLY_PAYHOOK == 1 ]]; then
     (( ${#INVALID[@]} == 0 )) || die "invalid run: ${INVALID[*]}"
-    echo "payhook_rps=${R[payhook_rps]} p50_ms=$(calc "\"%.2f\", ${R[payhook_p50_us]} / 1000") p99_ms=$(calc "\"%.2f\", ${R[payhook_p99_us]} / 1000")" \
-        "cpu_us_per_notification=$(calc "\"%.1f\", ${R[payhook_cpu_ticks]} * 1e6 / $CLK_TCK / ${R[payhook_forwarded]}")" \
-        "redis_us_per_notification=$(calc "\"%.1f\", ${R[payhook_redis_ticks]} * 1e6 / $CLK_TCK / ${R[payhook_forwarded]}")" \
+    echo "payhook_rps=${R[payhook_rps]} p50_ms=$(ms "${R[payhook_p50_us]}") p99_ms=$(ms "${R[payhook_p99_us]}")" \
+        "cpu_us_per_notification=$(cpu_per payhook "${R[payhook_forwarded]}") redis_us_per_notification=$(redis_per payhook)" \
         "bench_pct=${R[payhook_bench_pct]} other_pct=${R[payhook_other_pct]}"
     exit 0
 fi
@@ -362,9 +367,6 @@ REDIS_HWM=$(hwm_kib "$REDIS_PID")
 LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
-ms() { calc "\"%.2f\", $1 / 1000"; }
-cpu_per() { calc "\"%.1f\", ${R[${1}_cpu_ticks]} * 1e6 / $CLK_TCK / $2"; }
-mib() { calc "\"%.1f\", $1 / 1024"; }
 
 RATIO=$(calc "\"%.2f\", ${R[payhook_rps]} / ${R[nginx_rps]}")
 ADDED_P50=$(calc "\"%.2f\", (${R[payhook_p50_us]} - ${R[direct_p50_us]}) / 1000")
@@ -396,7 +398,7 @@ row half_payhook "half load: payhook" "-"
 echo
 echo "half load = fixed ${HALF_RATE}/s (half of payhook's max), paced by wrk delay(); same -t$THREADS -c$CONNECTIONS"
 echo "payhook forwarded ${R[payhook_forwarded]} (max run) and ${R[half_payhook_forwarded]} (half load) notifications, $(( R[payhook_not_forwarded] + R[half_payhook_not_forwarded] )) not forwarded"
-echo "Redis (ledger) CPU, not counted above: $(calc "\"%.1f\", ${R[payhook_redis_ticks]} * 1e6 / $CLK_TCK / ${R[payhook_forwarded]}") us per notification (max run), peak RSS $(mib "$REDIS_HWM") MiB"
+echo "Redis (ledger) CPU, not counted above: $(redis_per payhook) us per notification (max run), peak RSS $(mib "$REDIS_HWM") MiB"
 # Everything the bench ran (wrk, servers, Redis) per request: the ratio can be no better than the
 # nginx path's figure over payhook's, since both share the same cores.
 machine_us() { calc "\"%.1f\", ${R[${1}_bench_pct]} / 100 * $(nproc) * 1e6 / ${R[${1}_rps]}"; }
