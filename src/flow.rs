@@ -322,7 +322,10 @@ impl Gateway {
                     Err(e) => ledger_failed(&key, "quarantine", e),
                 };
             }
-            Ok(Claim::Quarantined { reason }) => return Delivery::Quarantined(quarantine_reason(&reason)),
+            Ok(Claim::Quarantined { reason }) => {
+                self.relist_quarantined(account, &key).await;
+                return Delivery::Quarantined(quarantine_reason(&reason));
+            }
             Ok(Claim::Dismissed) => return Delivery::Dismissed,
             // Fail closed: without the gate we cannot promise "once", so the provider retries.
             Err(e) => return ledger_failed(&key, "claim", e),
@@ -396,6 +399,24 @@ impl Gateway {
             tracing::warn!(key = %key, error = %e, "quarantine list not updated");
         }
         self.forget_pending(&acct.name, key).await;
+    }
+
+    /// A provider's retry of a held order puts it on the operators' list again. The list is
+    /// written after the record (each ledger call touches one key, as Redis Cluster needs), so a
+    /// crash or a ledger error between the two would otherwise hide a held payment for good.
+    async fn relist_quarantined(&self, account: &str, key: &PaymentId) {
+        let at_ms = match self.ledger.record(key).await {
+            Ok(Some(record)) if record.state == OrderState::Quarantined => record.quarantine.map_or_else(|| chrono::Utc::now().timestamp_millis(), |q| q.at_ms),
+            // Resolved in the meantime: the operator's action took it off the list.
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "quarantine list not checked");
+                return;
+            }
+        };
+        if let Err(e) = self.ledger.index_put(Index::Quarantined, account, key, at_ms).await {
+            tracing::warn!(key = %key, error = %e, "quarantine list not updated");
+        }
     }
 
     /// Takes a registered order off the sweep's lists (best effort: the sweep also drops what

@@ -30,17 +30,6 @@ async fn admin(gw: &Payhook, token: &str, method: &str, path: &str, body: &str) 
     (r.status, serde_json::from_slice(&r.body).unwrap_or(Value::Null))
 }
 
-/// The `key_prefix` a `redis_ledger()` config chose, read back from the config text.
-fn key_prefix(config: &str) -> String {
-    let line = config.lines().find(|l| l.starts_with("key_prefix")).expect("key_prefix");
-    line.split('"').nth(1).unwrap().to_string()
-}
-
-fn redis_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli").args(["-p", "6379"]).args(args).output().expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_payment_is_bound_to_the_type_of_its_first_claim() {
     let (goods, vip) = (ok_backend().await, ok_backend().await);

@@ -227,6 +227,44 @@ async fn mismatches_are_quarantined_listed_and_resolved_by_an_operator() {
     assert_eq!((status, goods.count()), (200, 2));
 }
 
+/// The operators' list is written after the record; losing that write (a crash between the two,
+/// here the list deleted by hand) must not hide a held payment: the provider's retry lists it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_order_missing_from_the_list_is_listed_again_by_the_providers_retry() {
+    let goods = ok_backend().await;
+    let api = ProviderApi::start().await;
+    let ledger = redis_ledger(REDIS);
+    let list_key = format!("{}quarantined:wx", key_prefix(&ledger));
+    let gw = Payhook::start(&gateway_config(&ledger, &goods.url("/goods"), &api, "[reconcile]\nenabled = false\n")).await;
+    let wx = WxV3::public_key_mode();
+    let listed = || async {
+        let (_, list) = admin(&gw, "GET", "/v1/orders?state=quarantined&account=wx", "").await;
+        list["orders"].as_array().unwrap().iter().map(|o| (o["out_trade_no"].as_str().unwrap().to_string(), o["quarantine"]["at_ms"].clone())).collect::<Vec<_>>()
+    };
+
+    register(&gw, "wx", "q-unlisted", json!({"type": "goods", "total_fee": 1234})).await;
+    let (h, b) = wx.paid("q-unlisted", 1000);
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 500);
+    let first = listed().await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, "q-unlisted");
+    let held_since = redis_cli(&["ZSCORE", &list_key, &format!("wechat:{MCHID}:q-unlisted")]);
+    assert_eq!(held_since, first[0].1.to_string(), "listed at the quarantine time");
+
+    assert_eq!(redis_cli(&["DEL", &list_key]), "1");
+    assert_eq!(listed().await, vec![]);
+    let r = gw.post("/notify/wx/goods", &h, b.as_bytes()).await;
+    assert_eq!((r.status, r.text()), (500, r#"{"code":"FAIL","message":"amount_mismatch"}"#.to_string()), "still held");
+    assert_eq!(listed().await, first, "listed again, at its first quarantine time");
+    assert_eq!(goods.count(), 0);
+    assert_eq!(gw.metric("payhook_quarantined_total", &[("account", "wx"), ("type", "goods"), ("reason", "amount_mismatch")]).await, 1.0, "counted once");
+
+    // Once resolved, a late retry does not put it back.
+    assert_eq!(admin(&gw, "POST", "/v1/orders/wx/q-unlisted/resolve", r#"{"action":"dismiss"}"#).await.0, 200);
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    assert_eq!(listed().await, vec![]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn registration_is_idempotent_validated_and_listed_and_can_be_required() {
     let backend = ok_backend().await;

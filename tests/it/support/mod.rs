@@ -91,6 +91,18 @@ pub fn redis_ledger(url: &str) -> String {
     format!("[ledger]\nbackend = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{}:\"\ntimeout = \"300ms\"\n", unique("it"))
 }
 
+/// The `key_prefix` a `redis_ledger()` config chose, read back from the config text.
+pub fn key_prefix(config: &str) -> String {
+    let line = config.lines().find(|l| l.starts_with("key_prefix")).expect("key_prefix");
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+/// A command to the machine's Redis (127.0.0.1:6379) with redis-cli; its trimmed output.
+pub fn redis_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli").args(["-p", "6379"]).args(args).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 pub fn embedded_ledger() -> String {
     "[ledger]\nbackend = \"embedded\"\npath = \"{DIR}/ledger.redb\"\n".to_string()
 }
