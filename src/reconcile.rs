@@ -51,11 +51,14 @@ impl Gateway {
             fields: order.fields,
         };
         let outcome = self.ledger().register(&key, &registration).await?;
-        // The schedule is written after the record (each ledger call touches one key, as Redis
-        // Cluster needs); a backend repeating its registration after a lost answer schedules again.
+        // The lists are written after the record (each ledger call touches one key, as Redis
+        // Cluster needs); a backend repeating its registration after a lost answer lists the order
+        // again if the first call stopped short (keeping its first time) and schedules it again.
         if outcome != Registered::Conflict && self.ledger().record(&key).await?.is_some_and(|r| r.state == OrderState::None) {
             if outcome == Registered::Created {
                 self.ledger().index_put(Index::Pending, &acct.name, &key, now).await?;
+            } else {
+                self.ledger().index_add(Index::Pending, &acct.name, &key, now).await?;
             }
             self.ledger().index_put(Index::Due, &acct.name, &key, now + millis(settings.first_check)).await?;
         }

@@ -678,6 +678,21 @@ impl Ledger for Embedded {
         self.0.blocking(move |l| l.write(|tx| index_move(tx, index, &account, &key, Some(score_ms)))).await
     }
 
+    async fn index_add(&self, index: Index, account: &str, key: &PaymentId, score_ms: i64) -> Result<(), LedgerError> {
+        let (account, key) = (account.to_string(), key.to_string());
+        self.0
+            .blocking(move |l| {
+                l.write(|tx| {
+                    let listed = tx.open_table(INDEX_SCORE).map_err(err)?.get(format!("{}{key}", index_prefix(index, &account)).as_str()).map_err(err)?.is_some();
+                    if listed {
+                        return Ok(());
+                    }
+                    index_move(tx, index, &account, &key, Some(score_ms))
+                })
+            })
+            .await
+    }
+
     async fn index_remove(&self, index: Index, account: &str, key: &PaymentId) -> Result<(), LedgerError> {
         let (account, key) = (account.to_string(), key.to_string());
         self.0.blocking(move |l| l.write(|tx| index_move(tx, index, &account, &key, None))).await

@@ -311,6 +311,8 @@ pub trait Ledger: Send + Sync {
     async fn note_check(&self, key: &PaymentId) -> Result<u64, LedgerError>;
     /// Puts `key` in `index` of `account` at `score_ms` (moving it if it is there).
     async fn index_put(&self, index: Index, account: &str, key: &PaymentId, score_ms: i64) -> Result<(), LedgerError>;
+    /// Puts `key` in `index` of `account` at `score_ms` unless it is there: it keeps its time.
+    async fn index_add(&self, index: Index, account: &str, key: &PaymentId, score_ms: i64) -> Result<(), LedgerError>;
     async fn index_remove(&self, index: Index, account: &str, key: &PaymentId) -> Result<(), LedgerError>;
     /// Up to `limit` entries, newest (highest score) first, strictly after `after` when given.
     async fn index_page(&self, index: Index, account: &str, after: Option<(i64, String)>, limit: usize) -> Result<Vec<(i64, PaymentId)>, LedgerError>;
@@ -547,6 +549,12 @@ pub(crate) mod contract {
         }
         ledger.index_put(Index::Pending, account, &r4, 1000).await.unwrap();
         assert_eq!(ledger.index_stats(Index::Pending, account).await.unwrap(), (4, Some(1000)));
+        ledger.index_add(Index::Pending, account, &r4, 5000).await.unwrap();
+        assert_eq!(ledger.index_stats(Index::Pending, account).await.unwrap(), (4, Some(1000)), "an entry keeps its time");
+        let r5 = id("r-5");
+        ledger.index_add(Index::Pending, account, &r5, 5000).await.unwrap();
+        assert_eq!(ledger.index_page(Index::Pending, account, None, 1).await.unwrap(), vec![(5000, r5.clone())]);
+        ledger.index_remove(Index::Pending, account, &r5).await.unwrap();
         let page = ledger.index_page(Index::Pending, account, None, 2).await.unwrap();
         assert_eq!(page, vec![(1002, r3.clone()), (1001, r2.clone())]);
         let rest = ledger.index_page(Index::Pending, account, Some((1001, r2.to_string())), 10).await.unwrap();

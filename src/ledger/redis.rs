@@ -555,6 +555,12 @@ impl Ledger for RedisLedger {
         self.with_conn(|mut conn| async move { conn.zadd(self.index_key(index, account), key.as_str(), score_ms).await }).await
     }
 
+    async fn index_add(&self, index: Index, account: &str, key: &PaymentId, score_ms: i64) -> Result<(), LedgerError> {
+        let mut zadd_nx = redis::cmd("ZADD");
+        zadd_nx.arg(self.index_key(index, account)).arg("NX").arg(score_ms).arg(key.as_str());
+        self.with_conn(|mut conn| async move { zadd_nx.query_async::<()>(&mut conn).await }).await
+    }
+
     async fn index_remove(&self, index: Index, account: &str, key: &PaymentId) -> Result<(), LedgerError> {
         self.with_conn(|mut conn| async move { conn.zrem(self.index_key(index, account), key.as_str()).await }).await
     }

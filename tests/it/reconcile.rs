@@ -270,12 +270,21 @@ async fn registration_is_idempotent_validated_and_listed_and_can_be_required() {
     let backend = ok_backend().await;
     let api = ProviderApi::start().await;
     let extra = "[reconcile]\nenabled = false\n";
-    let cfg = gateway_config(&redis_ledger(REDIS), &backend.url("/pay"), &api, extra).replace("[accounts.wxv2q]", "[accounts.wxv2q]\nrequire_registration = true");
+    let ledger = redis_ledger(REDIS);
+    let cfg = gateway_config(&ledger, &backend.url("/pay"), &api, extra).replace("[accounts.wxv2q]", "[accounts.wxv2q]\nrequire_registration = true");
     let gw = Payhook::start(&cfg).await;
     let order = json!({"type": "goods", "total_fee": 1234, "expires_in": "2h", "fields": {"user_id": "u001", "recharge_balance": 100}});
     let before = chrono_ms();
     assert_eq!(register(&gw, "wx", "reg-1", order.clone()).await, (201, json!({"registered": true})));
+    let (pending_key, member) = (format!("{}pending:wx", key_prefix(&ledger)), format!("wechat:{MCHID}:reg-1"));
+    let listed_at = redis_cli(&["ZSCORE", &pending_key, &member]);
     assert_eq!(register(&gw, "wx", "reg-1", order.clone()).await, (200, json!({"registered": true})));
+    assert_eq!(redis_cli(&["ZSCORE", &pending_key, &member]), listed_at, "a repeat keeps the first time");
+    // The list is written after the record: when the first call stopped between the two (its
+    // answer lost), the backend's repeat lists the order.
+    assert_eq!(redis_cli(&["ZREM", &pending_key, &member]), "1");
+    assert_eq!(register(&gw, "wx", "reg-1", order.clone()).await, (200, json!({"registered": true})));
+    assert_ne!(redis_cli(&["ZSCORE", &pending_key, &member]), "", "listed again");
     assert_eq!(register(&gw, "wx", "reg-1", json!({"type": "goods", "total_fee": 999})).await, (409, json!({"error": "conflict"})));
     assert_eq!(register(&gw, "wx", "reg-1", json!({"type": "vip", "total_fee": 1234})).await.0, 400, "vip is no route here");
 
