@@ -1,9 +1,16 @@
 //! The request id (and W3C `traceparent`) of one notification, sync or sweep check. Every log
 //! line of the request carries `request_id` (a tracing span), and the backend receives it as
-//! `X-Request-Id` (and `traceparent` when the provider sent one), so one id follows a payment
-//! from the provider's request to the backend's log.
+//! `X-Request-Id`, so one id follows a payment from the provider's request to the backend's log.
+//! With OTLP export the request's span continues the caller's `traceparent` and the backend gets
+//! payhook's own; without it the caller's goes to the backend unchanged.
 
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// What a request is: its span's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +57,24 @@ impl RequestContext {
             Kind::Sweep => tracing::info_span!("sweep", request_id = %id),
             Kind::Admin => tracing::info_span!("admin", request_id = %id),
         };
+        if let Some(traceparent) = &self.traceparent {
+            let carrier = HashMap::from([("traceparent".to_string(), traceparent.clone())]);
+            // Err only when no OTLP layer is installed: then there is no trace to continue.
+            let _ = span.set_parent(TraceContextPropagator::new().extract(&carrier));
+        }
         CURRENT.scope(self, fut.instrument(span)).await
+    }
+
+    /// The `traceparent` for a backend call made now: the current span's when OTLP export is on
+    /// (so the backend's spans hang under payhook's), else the caller's as it came.
+    pub fn outgoing_traceparent(&self) -> Option<String> {
+        let cx = tracing::Span::current().context();
+        if !cx.span().span_context().is_valid() {
+            return self.traceparent.clone();
+        }
+        let mut carrier = HashMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+        carrier.remove("traceparent")
     }
 
     /// The context of the running request, if any.

@@ -238,15 +238,16 @@ impl Forwarder {
     }
 
     /// POSTs an order envelope; Ok only on 2xx with `{"code":0}`.
-    /// The running request's id goes along as `X-Request-Id` (and its `traceparent`).
+    /// The running request's id goes along as `X-Request-Id` (and a `traceparent`).
     pub async fn deliver(&self, backend: &Backend, body: Vec<u8>, timeout: Duration) -> Result<(), ForwardError> {
         let context = RequestContext::current();
+        let traceparent = context.as_ref().and_then(RequestContext::outgoing_traceparent);
         let mut headers = vec![("Content-Type", "application/json")];
         if let Some(context) = &context {
             headers.push(("X-Request-Id", &context.request_id));
-            if let Some(traceparent) = &context.traceparent {
-                headers.push(("traceparent", traceparent));
-            }
+        }
+        if let Some(traceparent) = &traceparent {
+            headers.push(("traceparent", traceparent));
         }
         let reply = self.exchange(backend, "POST", &headers, Bytes::from(body), timeout).await?;
         if !(200..300).contains(&reply.status) {

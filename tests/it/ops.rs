@@ -1,5 +1,5 @@
 //! What an operator ships: JSON log lines with one request id per notification, the same id at
-//! the backend, and the caller's W3C `traceparent` passed along.
+//! the backend, the caller's W3C `traceparent` passed along (continued, with OTLP export).
 
 use serde_json::Value;
 
@@ -73,9 +73,13 @@ async fn otlp_exports_one_span_per_notification_with_its_steps() {
     let backend = ok_backend().await;
     let cfg = config(&redis_ledger(REDIS), &backend.url("/pay"), &format!("[telemetry]\notlp_endpoint = \"{}\"\n", collector.url("")));
     let gw = Payhook::start(&cfg).await;
-    let (h, b) = WxV3::public_key_mode().paid("otlp-1", 100);
+    let (mut h, b) = WxV3::public_key_mode().paid("otlp-1", 100);
+    // A load balancer's trace: payhook's span continues it.
+    let (caller_trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    h.push(("traceparent".into(), format!("00-{caller_trace}-{caller_span}-01")));
     assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
     let request_id = backend.requests()[0].headers["x-request-id"].clone();
+    let backend_traceparent = backend.requests()[0].headers["traceparent"].clone();
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let spans: Vec<Value> = loop {
@@ -103,9 +107,12 @@ async fn otlp_exports_one_span_per_notification_with_its_steps() {
     let root = spans.iter().find(|s| s["name"] == "notification").unwrap();
     let attributes = root["attributes"].to_string();
     assert!(attributes.contains("request_id") && attributes.contains(&request_id), "{attributes}");
+    assert_eq!((root["traceId"].as_str(), root["parentSpanId"].as_str()), (Some(caller_trace), Some(caller_span)), "continues the caller's trace");
     for step in ["verify", "claim", "forward", "settle"] {
         let child = spans.iter().find(|s| s["name"] == step).unwrap_or_else(|| panic!("no {step} span: {spans:?}"));
         assert_eq!(child["parentSpanId"], root["spanId"], "{step} is a child of the notification");
         assert_eq!(child["traceId"], root["traceId"]);
     }
+    let forward = spans.iter().find(|s| s["name"] == "forward").unwrap();
+    assert_eq!(backend_traceparent, format!("00-{caller_trace}-{}-01", forward["spanId"].as_str().unwrap()), "the backend's parent is payhook's forward span");
 }
