@@ -427,6 +427,16 @@ fn index_move(tx: &redb::WriteTransaction, index: Index, account: &str, key: &st
 pub struct Embedded(Arc<EmbeddedLedger>);
 
 impl Embedded {
+    /// One read-modify-write of `key`'s live record on the blocking pool ([`EmbeddedLedger::update`]).
+    async fn update<T: Send + 'static>(
+        &self,
+        key: &PaymentId,
+        change: impl Fn(Option<Stored>, i64) -> (Option<Stored>, T) + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let key = key.to_string();
+        self.0.blocking(move |l| l.update(&key, change)).await
+    }
+
     pub fn open(path: &Path, retention: Retention, timeout: Duration, open_wait: Duration, take_over: bool) -> Result<Self, LedgerError> {
         Ok(Embedded(Arc::new(EmbeddedLedger::open(path, retention, timeout, open_wait, take_over)?)))
     }
@@ -438,107 +448,95 @@ impl Ledger for Embedded {
         self.0.maybe_sweep();
         let horizon = millis(self.0.retention.dedupe_horizon);
         let lease_ms = millis(request.lease_for);
-        let (key, want) = (key.to_string(), request.order_type.map(str::to_string));
+        let want = request.order_type.map(str::to_string);
         let (total_fee, mode, strict) = (request.total_fee, request.mode, request.require_registration);
-        self.0
-            .blocking(move |l| {
-                l.update(&key, |current, now| {
-                    let mut stored = current.unwrap_or_else(|| Stored::new(now));
-                    let r = &stored.record;
-                    // The same decisions, in the same order, as the Redis ledger's claim script.
-                    match r.state {
-                        OrderState::Dismissed => return (None, Claim::Dismissed),
-                        OrderState::Quarantined => {
-                            let reason = r.quarantine.as_ref().map(|q| q.reason.clone()).unwrap_or_default();
-                            return (None, Claim::Quarantined { reason });
-                        }
-                        OrderState::Done => {
-                            return match (&want, &r.order_type) {
-                                (Some(w), Some(t)) if w != t => (None, Claim::TypeMismatch { recorded: t.clone() }),
-                                _ => (None, Claim::Done),
-                            }
-                        }
-                        _ => {}
+        self.update(key, move |current, now| {
+            let mut stored = current.unwrap_or_else(|| Stored::new(now));
+            let r = &stored.record;
+            // The same decisions, in the same order, as the Redis ledger's claim script.
+            match r.state {
+                OrderState::Dismissed => return (None, Claim::Dismissed),
+                OrderState::Quarantined => {
+                    let reason = r.quarantine.as_ref().map(|q| q.reason.clone()).unwrap_or_default();
+                    return (None, Claim::Quarantined { reason });
+                }
+                OrderState::Done => {
+                    return match (&want, &r.order_type) {
+                        (Some(w), Some(t)) if w != t => (None, Claim::TypeMismatch { recorded: t.clone() }),
+                        _ => (None, Claim::Done),
                     }
-                    if !stored.forced {
-                        let quarantine = |reason| Claim::Quarantine { reason, registered_type: r.order_type.clone(), registered_total_fee: r.total_fee };
-                        if r.registered {
-                            if want.as_ref().is_some_and(|w| Some(w) != r.order_type.as_ref()) {
-                                return (None, quarantine("type_mismatch"));
-                            }
-                            if r.total_fee != Some(total_fee) {
-                                return (None, quarantine("amount_mismatch"));
-                            }
-                        } else if want.is_none() || strict {
-                            return (None, Claim::Quarantine { reason: "unregistered", registered_type: None, registered_total_fee: None });
-                        } else if let (Some(w), Some(t)) = (&want, &r.order_type) {
-                            if w != t {
-                                return (None, Claim::TypeMismatch { recorded: t.clone() });
-                            }
-                        }
+                }
+                _ => {}
+            }
+            if !stored.forced {
+                let quarantine = |reason| Claim::Quarantine { reason, registered_type: r.order_type.clone(), registered_total_fee: r.total_fee };
+                if r.registered {
+                    if want.as_ref().is_some_and(|w| Some(w) != r.order_type.as_ref()) {
+                        return (None, quarantine("type_mismatch"));
                     }
-                    if r.state == OrderState::InFlight && stored.lease_until_ms > now {
-                        return (None, Claim::InFlight);
+                    if r.total_fee != Some(total_fee) {
+                        return (None, quarantine("amount_mismatch"));
                     }
-                    let order_type = want.clone().or_else(|| r.order_type.clone()).unwrap_or_default();
-                    let lease = Lease::new();
-                    let owned = Owned { lease: lease.clone(), order_type: order_type.clone(), fields: r.fields.clone(), registered: r.registered };
-                    stored.record.state = OrderState::InFlight;
-                    stored.record.order_type = Some(order_type);
-                    stored.record.total_fee.get_or_insert(total_fee);
-                    stored.record.attempts += 1;
-                    stored.record.notify_mode = Some(mode as u8);
-                    stored.token = Some(lease.token);
-                    stored.lease_until_ms = now + lease_ms;
-                    stored.expires_at_ms = now.saturating_add(horizon);
-                    (Some(stored), Claim::Owned(owned))
-                })
-            })
-            .await
+                } else if want.is_none() || strict {
+                    return (None, Claim::Quarantine { reason: "unregistered", registered_type: None, registered_total_fee: None });
+                } else if let (Some(w), Some(t)) = (&want, &r.order_type) {
+                    if w != t {
+                        return (None, Claim::TypeMismatch { recorded: t.clone() });
+                    }
+                }
+            }
+            if r.state == OrderState::InFlight && stored.lease_until_ms > now {
+                return (None, Claim::InFlight);
+            }
+            let order_type = want.clone().or_else(|| r.order_type.clone()).unwrap_or_default();
+            let lease = Lease::new();
+            let owned = Owned { lease: lease.clone(), order_type: order_type.clone(), fields: r.fields.clone(), registered: r.registered };
+            stored.record.state = OrderState::InFlight;
+            stored.record.order_type = Some(order_type);
+            stored.record.total_fee.get_or_insert(total_fee);
+            stored.record.attempts += 1;
+            stored.record.notify_mode = Some(mode as u8);
+            stored.token = Some(lease.token);
+            stored.lease_until_ms = now + lease_ms;
+            stored.expires_at_ms = now.saturating_add(horizon);
+            (Some(stored), Claim::Owned(owned))
+        }).await
     }
 
     async fn complete(&self, key: &PaymentId, lease: &Lease, order_data: &str) -> Result<bool, LedgerError> {
         let Retention { done_ttl, dedupe_horizon } = self.0.retention;
-        let (key, token, data) = (key.to_string(), lease.token.clone(), order_data.to_string());
-        self.0
-            .blocking(move |l| {
-                l.update(&key, |current, now| match current {
-                    Some(mut s) if s.token.as_deref() == Some(token.as_str()) => {
-                        s.record.state = OrderState::Done;
-                        s.record.done_at_ms = Some(now);
-                        s.record.last_failure = None;
-                        s.record.fields = None;
-                        s.forced = false;
-                        if let Some(q) = s.record.quarantine.as_mut() {
-                            q.order_data.clear();
-                        }
-                        s.data = Some(data.clone());
-                        s.data_expires_at_ms = now.saturating_add(millis(done_ttl));
-                        s.token = None;
-                        s.expires_at_ms = now.saturating_add(millis(dedupe_horizon));
-                        (Some(s), true)
-                    }
-                    _ => (None, false),
-                })
-            })
-            .await
+        let (token, data) = (lease.token.clone(), order_data.to_string());
+        self.update(key, move |current, now| match current {
+            Some(mut s) if s.token.as_deref() == Some(token.as_str()) => {
+                s.record.state = OrderState::Done;
+                s.record.done_at_ms = Some(now);
+                s.record.last_failure = None;
+                s.record.fields = None;
+                s.forced = false;
+                if let Some(q) = s.record.quarantine.as_mut() {
+                    q.order_data.clear();
+                }
+                s.data = Some(data.clone());
+                s.data_expires_at_ms = now.saturating_add(millis(done_ttl));
+                s.token = None;
+                s.expires_at_ms = now.saturating_add(millis(dedupe_horizon));
+                (Some(s), true)
+            }
+            _ => (None, false),
+        }).await
     }
 
     async fn release(&self, key: &PaymentId, lease: &Lease, reason: &str) -> Result<bool, LedgerError> {
-        let (key, token, reason) = (key.to_string(), lease.token.clone(), reason.to_string());
-        self.0
-            .blocking(move |l| {
-                l.update(&key, |current, _| match current {
-                    Some(mut s) if s.token.as_deref() == Some(token.as_str()) => {
-                        s.record.state = OrderState::None;
-                        s.record.last_failure = Some(reason.clone());
-                        s.token = None;
-                        (Some(s), true)
-                    }
-                    _ => (None, false),
-                })
-            })
-            .await
+        let (token, reason) = (lease.token.clone(), reason.to_string());
+        self.update(key, move |current, _| match current {
+            Some(mut s) if s.token.as_deref() == Some(token.as_str()) => {
+                s.record.state = OrderState::None;
+                s.record.last_failure = Some(reason.clone());
+                s.token = None;
+                (Some(s), true)
+            }
+            _ => (None, false),
+        }).await
     }
 
     async fn record(&self, key: &PaymentId) -> Result<Option<OrderRecord>, LedgerError> {
@@ -547,19 +545,15 @@ impl Ledger for Embedded {
     }
 
     async fn note_replay(&self, key: &PaymentId, result: &str) -> Result<(), LedgerError> {
-        let (key, result) = (key.to_string(), result.to_string());
-        self.0
-            .blocking(move |l| {
-                l.update(&key, |current, _| match current {
-                    Some(mut s) => {
-                        s.record.replays += 1;
-                        s.record.last_replay = Some(result.clone());
-                        (Some(s), ())
-                    }
-                    None => (None, ()),
-                })
-            })
-            .await
+        let result = result.to_string();
+        self.update(key, move |current, _| match current {
+            Some(mut s) => {
+                s.record.replays += 1;
+                s.record.last_replay = Some(result.clone());
+                (Some(s), ())
+            }
+            None => (None, ()),
+        }).await
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
@@ -567,110 +561,88 @@ impl Ledger for Embedded {
     }
 
     async fn register(&self, key: &PaymentId, reg: &Registration) -> Result<Registered, LedgerError> {
-        let (key, reg, horizon) = (key.to_string(), reg.clone(), millis(self.0.retention.dedupe_horizon));
-        self.0
-            .blocking(move |l| {
-                l.update(&key, |current, now| {
-                    let mut s = current.unwrap_or_else(|| Stored::new(now));
-                    let r = &s.record;
-                    let same_order = r.order_type.as_deref().is_none_or(|t| t == reg.order_type) && r.total_fee.is_none_or(|f| f == reg.total_fee);
-                    if r.registered {
-                        let same = same_order && (r.state == OrderState::Done || r.fields == reg.fields);
-                        return (None, if same { Registered::Same } else { Registered::Conflict });
-                    }
-                    if !same_order {
-                        return (None, Registered::Conflict);
-                    }
-                    if r.state != OrderState::Done {
-                        s.record.fields = reg.fields.clone();
-                    }
-                    s.record.registered = true;
-                    s.record.account = Some(reg.account.clone());
-                    s.record.order_type = Some(reg.order_type.clone());
-                    s.record.total_fee = Some(reg.total_fee);
-                    s.record.expires_at_ms = Some(reg.expires_at_ms);
-                    s.expires_at_ms = now.saturating_add(horizon);
-                    (Some(s), Registered::Created)
-                })
-            })
-            .await
+        let (reg, horizon) = (reg.clone(), millis(self.0.retention.dedupe_horizon));
+        self.update(key, move |current, now| {
+            let mut s = current.unwrap_or_else(|| Stored::new(now));
+            let r = &s.record;
+            let same_order = r.order_type.as_deref().is_none_or(|t| t == reg.order_type) && r.total_fee.is_none_or(|f| f == reg.total_fee);
+            if r.registered {
+                let same = same_order && (r.state == OrderState::Done || r.fields == reg.fields);
+                return (None, if same { Registered::Same } else { Registered::Conflict });
+            }
+            if !same_order {
+                return (None, Registered::Conflict);
+            }
+            if r.state != OrderState::Done {
+                s.record.fields = reg.fields.clone();
+            }
+            s.record.registered = true;
+            s.record.account = Some(reg.account.clone());
+            s.record.order_type = Some(reg.order_type.clone());
+            s.record.total_fee = Some(reg.total_fee);
+            s.record.expires_at_ms = Some(reg.expires_at_ms);
+            s.expires_at_ms = now.saturating_add(horizon);
+            (Some(s), Registered::Created)
+        }).await
     }
 
     async fn quarantine(&self, key: &PaymentId, info: &QuarantineInfo) -> Result<bool, LedgerError> {
-        let (key, info, horizon) = (key.to_string(), info.clone(), millis(self.0.retention.dedupe_horizon));
-        self.0
-            .blocking(move |l| {
-                l.update(&key, |current, now| {
-                    let mut s = current.unwrap_or_else(|| Stored::new(now));
-                    if matches!(s.record.state, OrderState::InFlight | OrderState::Done | OrderState::Quarantined | OrderState::Dismissed) {
-                        return (None, false);
-                    }
-                    s.record.state = OrderState::Quarantined;
-                    s.record.quarantine = Some(info.clone());
-                    s.expires_at_ms = now.saturating_add(horizon);
-                    (Some(s), true)
-                })
-            })
-            .await
+        let (info, horizon) = (info.clone(), millis(self.0.retention.dedupe_horizon));
+        self.update(key, move |current, now| {
+            let mut s = current.unwrap_or_else(|| Stored::new(now));
+            if matches!(s.record.state, OrderState::InFlight | OrderState::Done | OrderState::Quarantined | OrderState::Dismissed) {
+                return (None, false);
+            }
+            s.record.state = OrderState::Quarantined;
+            s.record.quarantine = Some(info.clone());
+            s.expires_at_ms = now.saturating_add(horizon);
+            (Some(s), true)
+        }).await
     }
 
     async fn resolve(&self, key: &PaymentId, forward_as: Option<&str>) -> Result<Option<String>, LedgerError> {
-        let (key, forward_as) = (key.to_string(), forward_as.map(str::to_string));
-        self.0
-            .blocking(move |l| {
-                l.update(&key, |current, _| match current {
-                    Some(mut s) if s.record.state == OrderState::Quarantined => {
-                        let data = match &forward_as {
-                            Some(as_type) => {
-                                s.record.state = OrderState::None;
-                                s.forced = true;
-                                if !as_type.is_empty() {
-                                    s.record.order_type = Some(as_type.clone());
-                                }
-                                s.record.quarantine.as_ref().map(|q| q.order_data.clone()).unwrap_or_default()
-                            }
-                            None => {
-                                s.record.state = OrderState::Dismissed;
-                                String::new()
-                            }
-                        };
-                        (Some(s), Some(data))
+        let forward_as = forward_as.map(str::to_string);
+        self.update(key, move |current, _| match current {
+            Some(mut s) if s.record.state == OrderState::Quarantined => {
+                let data = match &forward_as {
+                    Some(as_type) => {
+                        s.record.state = OrderState::None;
+                        s.forced = true;
+                        if !as_type.is_empty() {
+                            s.record.order_type = Some(as_type.clone());
+                        }
+                        s.record.quarantine.as_ref().map(|q| q.order_data.clone()).unwrap_or_default()
                     }
-                    _ => (None, None),
-                })
-            })
-            .await
+                    None => {
+                        s.record.state = OrderState::Dismissed;
+                        String::new()
+                    }
+                };
+                (Some(s), Some(data))
+            }
+            _ => (None, None),
+        }).await
     }
 
     async fn close(&self, key: &PaymentId) -> Result<bool, LedgerError> {
-        let key = key.to_string();
-        self.0
-            .blocking(move |l| {
-                l.update(&key, |current, _| match current {
-                    Some(mut s) if s.record.registered && s.record.state == OrderState::None => {
-                        s.record.state = OrderState::Closed;
-                        (Some(s), true)
-                    }
-                    _ => (None, false),
-                })
-            })
-            .await
+        self.update(key, move |current, _| match current {
+            Some(mut s) if s.record.registered && s.record.state == OrderState::None => {
+                s.record.state = OrderState::Closed;
+                (Some(s), true)
+            }
+            _ => (None, false),
+        }).await
     }
 
     async fn note_check(&self, key: &PaymentId) -> Result<u64, LedgerError> {
-        let key = key.to_string();
-        self.0
-            .blocking(move |l| {
-                l.update(&key, |current, _| match current {
-                    Some(mut s) => {
-                        s.record.checks += 1;
-                        let n = s.record.checks;
-                        (Some(s), n)
-                    }
-                    None => (None, 0),
-                })
-            })
-            .await
+        self.update(key, move |current, _| match current {
+            Some(mut s) => {
+                s.record.checks += 1;
+                let n = s.record.checks;
+                (Some(s), n)
+            }
+            None => (None, 0),
+        }).await
     }
 
     async fn index_put(&self, index: Index, account: &str, key: &PaymentId, score_ms: i64) -> Result<(), LedgerError> {
