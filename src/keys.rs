@@ -169,6 +169,25 @@ pub fn unique_hex(bytes: usize) -> String {
 mod tests {
     use super::*;
 
+    /// A 1024-bit key and its RSASSA-PKCS1-v1_5 SHA-256 signature of `hello`, made for this test
+    /// (`openssl genrsa 1024`, `openssl dgst -sha256 -sign`; `openssl dgst -verify` accepts it).
+    const SHORT_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDCvRlQOvQ1auPbwnr6TAliofo2
+jdIFFqnKYGbpiX+OljHKk//nJpSiOhrEnwAQlIx8XxeiP/IgdNQRf9T87eeD0mDI
+ZI7uVraCYzWgn3V4R8xz+ddR8dC4rAMCToa5i3CwONeiMyBgCR6kLOttI0HBu1+/
+dbMc0ZYywjkBgUKXuQIDAQAB
+-----END PUBLIC KEY-----
+";
+    const SHORT_KEY_SIGNATURE: &str = "NsVqrIi/+1fc6Ar0OzVfHjBoYMqwSvbdeh6iLo3t+ISDZZL+luiuWUQATzIHl36cMV7vSYwpq/FteU63WBpC3tu70CWLndUdsJ1Cen3FE1XKnRLqbGwDmr+21RvkQYNnLIcEre6i8kfmpsn1LvGESNi2Y1pXgA00tgWXs0j7Q/4=";
+
+    #[test]
+    fn a_signature_under_a_key_shorter_than_2048_bits_never_verifies() {
+        use base64::Engine;
+        let signature = base64::engine::general_purpose::STANDARD.decode(SHORT_KEY_SIGNATURE).unwrap();
+        let key = RsaPublicKey::from_pem(SHORT_KEY.as_bytes()).unwrap();
+        assert!(!key.verify_sha256(b"hello", &signature));
+    }
+
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("{}/tests/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
