@@ -42,15 +42,6 @@ async fn register(gw: &Payhook, account: &str, order: &str, body: Value) -> (u16
     admin(gw, "PUT", &format!("/v1/orders/{account}/{order}"), &body.to_string()).await
 }
 
-/// Waits until `done()` holds, for at most `within`.
-async fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The fake provider's queries for `order` (any provider's path or body names it).
 fn queries_for(api: &ProviderApi, order: &str) -> Vec<Instant> {
     api.requests()

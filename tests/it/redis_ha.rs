@@ -41,14 +41,6 @@ fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn rediss_with_a_private_ca_and_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
@@ -207,8 +199,8 @@ async fn sentinel_failover_under_traffic_forwards_each_order_once() {
         sentinels.push(Node::start(&[conf.display().to_string(), "--sentinel".into()]));
         sentinel_ports.push(port);
     }
-    wait_for("replica in sync", Duration::from_secs(20), || cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up")).await;
-    wait_for("sentinels know the replica and each other", Duration::from_secs(30), || {
+    eventually(Duration::from_secs(20), "replica in sync", || cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up")).await;
+    eventually(Duration::from_secs(30), "sentinels know the replica and each other", || {
         sentinel_ports.iter().all(|p| {
             cli(*p, &["SENTINEL", "replicas", "pm"]).contains(&replica_port.to_string()) && cli(*p, &["SENTINEL", "sentinels", "pm"]).lines().filter(|l| *l == "name").count() == 2
         })
@@ -228,7 +220,7 @@ async fn sentinel_failover_under_traffic_forwards_each_order_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed = Instant::now();
     master.kill();
-    wait_for("a new master", Duration::from_secs(30), || cli(sentinel_ports[0], &["SENTINEL", "get-master-addr-by-name", "pm"]).contains(&replica_port.to_string())).await;
+    eventually(Duration::from_secs(30), "a new master", || cli(sentinel_ports[0], &["SENTINEL", "get-master-addr-by-name", "pm"]).contains(&replica_port.to_string())).await;
     let failover = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let without_ledger = exactly_once("sentinel failover", provider, &backend, failover).await;
@@ -250,11 +242,11 @@ async fn cluster_reshard_and_failover_under_traffic_forward_each_order_once() {
             ])
         })
         .collect();
-    wait_for("nodes up", Duration::from_secs(10), || ports.iter().all(|p| cli(*p, &["PING"]) == "PONG")).await;
+    eventually(Duration::from_secs(10), "nodes up", || ports.iter().all(|p| cli(*p, &["PING"]) == "PONG")).await;
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let out = Command::new("redis-cli").arg("--cluster").arg("create").args(&addrs).args(["--cluster-replicas", "1", "--cluster-yes"]).output().unwrap();
     assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
-    wait_for("cluster ok", Duration::from_secs(30), || ports.iter().all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))).await;
+    eventually(Duration::from_secs(30), "cluster ok", || ports.iter().all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))).await;
 
     let seeds: Vec<String> = ports[..3].iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
     let ledger = format!("[ledger]\nbackend = \"redis-cluster\"\nnodes = [{}]\nkey_prefix = \"{}:\"\ntimeout = \"500ms\"\n", seeds.join(", "), unique("cluster"));
@@ -277,7 +269,7 @@ async fn cluster_reshard_and_failover_under_traffic_forward_each_order_once() {
         .output()
         .unwrap();
     assert!(reshard.status.success(), "reshard: {}", String::from_utf8_lossy(&reshard.stderr));
-    wait_for("cluster ok after resharding", Duration::from_secs(30), || cli(ports[0], &["CLUSTER", "INFO"]).contains("cluster_state:ok")).await;
+    eventually(Duration::from_secs(30), "cluster ok after resharding", || cli(ports[0], &["CLUSTER", "INFO"]).contains("cluster_state:ok")).await;
 
     // Then a master dies; its replica takes over.
     let victim = ports.iter().position(|p| *p == masters[2].0).unwrap();
@@ -289,16 +281,12 @@ async fn cluster_reshard_and_failover_under_traffic_forward_each_order_once() {
     nodes[victim].kill();
     let survivor = masters[0].0;
     let promoted = || cli(replica, &["ROLE"]).starts_with("master");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !promoted() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !promoted() {
+    if !holds_within(Duration::from_secs(15), promoted).await {
         // Some Redis builds leave the election to an operator after a reshard (the replica's
         // vote request goes unanswered); the topology change payhook must follow is the same.
         cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]);
     }
-    wait_for("failover", Duration::from_secs(30), || promoted() && cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok")).await;
+    eventually(Duration::from_secs(30), "failover", || promoted() && cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok")).await;
     let failover = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     exactly_once("cluster reshard+failover", provider, &backend, failover).await;

@@ -91,6 +91,23 @@ pub fn redis_ledger(url: &str) -> String {
     format!("[ledger]\nbackend = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{}:\"\ntimeout = \"300ms\"\n", unique("it"))
 }
 
+/// Polls `done` until it holds, for at most `within`; whether it held.
+pub async fn holds_within(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Waits until `done()` holds; fails the test after `within`, naming `what`.
+pub async fn eventually(within: Duration, what: &str, done: impl FnMut() -> bool) {
+    assert!(holds_within(within, done).await, "not within {within:?}: {what}");
+}
+
 /// The `key_prefix` a `redis_ledger()` config chose, read back from the config text.
 pub fn key_prefix(config: &str) -> String {
     let line = config.lines().find(|l| l.starts_with("key_prefix")).expect("key_prefix");
