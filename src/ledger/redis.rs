@@ -556,9 +556,8 @@ impl Ledger for RedisLedger {
     }
 
     async fn index_add(&self, index: Index, account: &str, key: &PaymentId, score_ms: i64) -> Result<(), LedgerError> {
-        let mut zadd_nx = redis::cmd("ZADD");
-        zadd_nx.arg(self.index_key(index, account)).arg("NX").arg(score_ms).arg(key.as_str());
-        self.with_conn(|mut conn| async move { zadd_nx.query_async::<()>(&mut conn).await }).await
+        let add_only = redis::SortedSetAddOptions::add_only();
+        self.with_conn(|mut conn| async move { conn.zadd_options::<_, _, _, ()>(self.index_key(index, account), key.as_str(), score_ms, &add_only).await }).await
     }
 
     async fn index_remove(&self, index: Index, account: &str, key: &PaymentId) -> Result<(), LedgerError> {
