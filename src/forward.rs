@@ -281,7 +281,7 @@ impl Forwarder {
     ) -> Result<HttpReply, ForwardError> {
         // Boxed: every future awaiting a forward would otherwise carry (and copy, as it is wrapped)
         // the exchange's state, up to the request future pingora boxes for each notification.
-        tokio::time::timeout(timeout, Box::pin(self.exchange_unbounded(backend, method, path, headers, body, timeout)))
+        tokio::time::timeout(timeout, Box::pin(self.exchange_unbounded(backend, method, path, headers, body)))
             .await
             .unwrap_or(Err(ForwardError::Timeout))
     }
@@ -293,14 +293,9 @@ impl Forwarder {
         path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
-        timeout: Duration,
     ) -> Result<HttpReply, ForwardError> {
-        // The session's own read/write timeouts are the same bound as the outer one: whichever
-        // fires first, it is a timeout.
-        let io = |e: Box<pingora::Error>| match e.etype() {
-            pingora::ErrorType::ReadTimedout | pingora::ErrorType::WriteTimedout => ForwardError::Timeout,
-            _ => ForwardError::Io(e.to_string()),
-        };
+        // No timer of its own: the caller's timeout bounds the whole exchange (one timer, not three).
+        let io = |e: Box<pingora::Error>| ForwardError::Io(e.to_string());
         let mut req = RequestHeader::build(method, path.as_bytes(), None).map_err(io)?;
         req.insert_header("Host", &backend.host_header).map_err(io)?;
         req.insert_header("User-Agent", "payhook").map_err(io)?;
@@ -324,13 +319,8 @@ impl Forwarder {
             stream.write_all(&wire).await?;
             stream.flush().await
         };
-        match tokio::time::timeout(timeout, written).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ForwardError::Io(e.to_string())),
-            Err(_) => return Err(ForwardError::Timeout),
-        }
+        written.await.map_err(|e| ForwardError::Io(e.to_string()))?;
         let mut session = HttpSession::new_with_options(stream, peer);
-        session.read_timeout = Some(timeout);
         session.read_response().await.map_err(io)?;
         let head = session.resp_header().ok_or_else(|| ForwardError::Io("no response header".into()))?;
         let status = head.status.as_u16();
