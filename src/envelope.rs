@@ -108,26 +108,37 @@ impl Envelope {
                 format!("{fields}{separator}\"key\":{key}}}").into_bytes()
             }
             _ => {
-                let body = serde_json::json!({ "encryptedData": self.encrypt(order_json.as_bytes()) });
-                serde_json::to_vec(&body).expect("a JSON map serialises")
+                // Base64 needs no JSON escaping: the body is written as sent, in one buffer.
+                let mut body = String::with_capacity(order_json.len() * 4 / 3 + 48);
+                body.push_str(r#"{"encryptedData":""#);
+                self.encrypt_into(order_json.as_bytes(), &mut body);
+                body.push_str(r#""}"#);
+                body.into_bytes()
             }
         }
     }
 
     /// Base64 ciphertext of `plain` (the `encryptedData` value); for `key` mode, `plain` itself.
     pub fn encrypt(&self, plain: &[u8]) -> String {
+        let mut out = String::new();
+        self.encrypt_into(plain, &mut out);
+        out
+    }
+
+    fn encrypt_into(&self, plain: &[u8], out: &mut String) {
         match &self.cipher {
             Cipher::Ecb(cipher) => {
                 let mut buf = pkcs7_pad(plain);
                 for block in buf.chunks_exact_mut(16) {
                     cipher.encrypt_block(block.into());
                 }
-                B64.encode(buf)
+                B64.encode_string(buf, out)
             }
-            Cipher::Cbc { key, iv } => {
-                B64.encode(cbc::Encryptor::<aes::Aes192>::new(key.into(), iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plain))
-            }
-            Cipher::None => String::from_utf8_lossy(plain).into_owned(),
+            Cipher::Cbc { key, iv } => B64.encode_string(
+                cbc::Encryptor::<aes::Aes192>::new(key.into(), iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plain),
+                out,
+            ),
+            Cipher::None => out.push_str(&String::from_utf8_lossy(plain)),
         }
     }
 
@@ -237,8 +248,13 @@ mod tests {
         let order: Map<String, Value> = serde_json::from_str(r#"{"out_trade_no":"订单-1","total_fee":1234}"#).unwrap();
         for mode in [EnvelopeMode::Aes256Ecb, EnvelopeMode::Aes192, EnvelopeMode::Key] {
             let env = Envelope::new(mode, Secret::new("5fb2cd73c7b53918728417c50762e6d4")).unwrap();
-            let body = env.seal(&serde_json::to_string(&order).unwrap());
+            let plain = serde_json::to_string(&order).unwrap();
+            let body = env.seal(&plain);
             assert_eq!(env.open(&body).unwrap(), order, "{mode:?}");
+            if mode != EnvelopeMode::Key {
+                let expected = serde_json::to_vec(&serde_json::json!({ "encryptedData": env.encrypt(plain.as_bytes()) })).unwrap();
+                assert_eq!(String::from_utf8(body).unwrap(), String::from_utf8(expected).unwrap(), "{mode:?}: the body serde_json would write");
+            }
         }
         let key_mode = Envelope::new(EnvelopeMode::Key, Secret::new("5fb2cd73c7b53918728417c50762e6d4")).unwrap();
         let sealed = String::from_utf8(key_mode.seal(&serde_json::to_string(&order).unwrap())).unwrap();
