@@ -5,9 +5,10 @@
 # payhook (Redis ledger) in front of the same backend; pre-signs fresh WeChat Pay v3
 # notifications (one new order each); drives the three paths with wrk at the same
 # threads x connections; then a paced run at half of payhook's measured maximum, straight to the
-# backend and through payhook. Prints one table and key=value lines:
-#   ratio_payhook_vs_nginx= added_p50_ms= added_p99_ms= half_load_added_p99_ms=
-#   cpu_us_per_notification= peak_rss_mib=
+# backend and through payhook; and, for context, nginx's proxy_pass with nginx's defaults (a new
+# backend connection per request). Prints one table and key=value lines:
+#   ratio_payhook_vs_nginx= ratio_payhook_vs_nginx_default_proxy= added_p50_ms= added_p99_ms=
+#   half_load_added_p99_ms= cpu_us_per_notification= peak_rss_mib=
 # Exits non-zero when the bench itself is invalid (a path answered non-2xx or had socket errors,
 # payhook did not forward every notification, or the pre-signed requests ran out). Missing a
 # goal is reported, not an error.
@@ -145,7 +146,7 @@ up() {
     die "$1 did not answer within 20 s (see $TMP)"
 }
 
-REDIS_PORT="" BACKEND_PORT="" PROXY_PORT="" PH_PORT="" PH_ADMIN=""
+REDIS_PORT="" BACKEND_PORT="" PROXY_PORT="" DEFAULT_PORT="" PH_PORT="" PH_ADMIN=""
 fill() { # template out: replace @KEY@ placeholders
     sed -e "s|@DIR@|$TMP|g" -e "s|@KEYS@|$KEYS|g" -e "s|@WORKERS@|$NGINX_WORKERS|g" \
         -e "s|@THREADS@|$PAYHOOK_THREADS|g" -e "s|@REDIS_PORT@|$REDIS_PORT|g" \
@@ -170,22 +171,21 @@ for try in 1 2 3 4 5; do
     if up "redis:$REDIS_PORT" "$REDIS_PID"; then break; fi
     (( try < 5 )) || die "redis-server did not start (see $TMP/redis.log)"
 done
-for try in 1 2 3 4 5; do
-    BACKEND_PORT=$(free_port)
-    fill "$COMPARE/nginx-backend.conf" "$TMP/nginx-backend.conf" "$BACKEND_PORT"
-    "${N[@]}" "$NGINX" -p "$TMP" -c "$TMP/nginx-backend.conf" -e "$TMP/backend-error.log" &
-    BACKEND_PID=$!; PIDS+=("$BACKEND_PID")
-    if up "http://127.0.0.1:$BACKEND_PORT/" "$BACKEND_PID"; then break; fi
-    (( try < 5 )) || die "nginx backend did not start (see $TMP/backend-error.log)"
-done
-for try in 1 2 3 4 5; do
-    PROXY_PORT=$(free_port)
-    fill "$COMPARE/nginx-proxy.conf" "$TMP/nginx-proxy.conf" "$PROXY_PORT"
-    "${N[@]}" "$NGINX" -p "$TMP" -c "$TMP/nginx-proxy.conf" -e "$TMP/proxy-error.log" &
-    PROXY_PID=$!; PIDS+=("$PROXY_PID")
-    if up "http://127.0.0.1:$PROXY_PORT/" "$PROXY_PID"; then break; fi
-    (( try < 5 )) || die "nginx proxy did not start (see $TMP/proxy-error.log)"
-done
+# start_nginx NAME: nginx with $COMPARE/nginx-NAME.conf on a free port; sets NGINX_PORT, NGINX_PID.
+start_nginx() {
+    local try
+    for try in 1 2 3 4 5; do
+        NGINX_PORT=$(free_port)
+        fill "$COMPARE/nginx-$1.conf" "$TMP/nginx-$1.conf" "$NGINX_PORT"
+        "${N[@]}" "$NGINX" -p "$TMP" -c "$TMP/nginx-$1.conf" -e "$TMP/$1-error.log" &
+        NGINX_PID=$!; PIDS+=("$NGINX_PID")
+        if up "http://127.0.0.1:$NGINX_PORT/" "$NGINX_PID"; then return 0; fi
+    done
+    die "nginx $1 did not start (see $TMP/$1-error.log)"
+}
+start_nginx backend; BACKEND_PORT=$NGINX_PORT; BACKEND_PID=$NGINX_PID
+start_nginx proxy; PROXY_PORT=$NGINX_PORT; PROXY_PID=$NGINX_PID
+start_nginx proxy-default; DEFAULT_PORT=$NGINX_PORT; DEFAULT_PID=$NGINX_PID
 for try in 1 2 3 4 5; do
     PH_PORT=$(free_port); PH_ADMIN=$(free_port)
     while [[ $PH_PORT == "$PH_ADMIN" ]]; do PH_ADMIN=$(free_port); done
@@ -198,6 +198,7 @@ done
 
 BACKEND_URL="http://127.0.0.1:$BACKEND_PORT"
 PROXY_URL="http://127.0.0.1:$PROXY_PORT"
+DEFAULT_URL="http://127.0.0.1:$DEFAULT_PORT"
 PH_URL="http://127.0.0.1:$PH_PORT"
 BACKEND_PATH=/pay/notify
 NOTIFY_PATH=/notify/wx/goods
@@ -242,7 +243,7 @@ sys_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $
 ours_ticks() {
     local self
     self=$(sed 's/^.*) //' "/proc/$$/stat" | awk '{ print $12 + $13 + $14 + $15 }')
-    echo $(( self + $(cpu_ticks "$REDIS_PID") + $(cpu_ticks "$BACKEND_PID") + $(cpu_ticks "$PROXY_PID") + $(cpu_ticks "$PH_PID") ))
+    echo $(( self + $(cpu_ticks "$REDIS_PID") + $(cpu_ticks "$BACKEND_PID") + $(cpu_ticks "$PROXY_PID") + $(cpu_ticks "$DEFAULT_PID") + $(cpu_ticks "$PH_PID") ))
 }
 WARNINGS=()
 declare -A R
@@ -371,6 +372,10 @@ if [[ $ONLY_PAYHOOK == 1 ]]; then
 fi
 run nginx "$PROXY_URL" "$NOTIFY_PATH" "$TMP/max.tsv" "$DUR_S" 0 "$PROXY_PID"
 check_clean nginx
+# Context only: errors here (e.g. loopback ports exhausted by a connection per request) are reported, not fatal.
+run nginx_default "$DEFAULT_URL" "$NOTIFY_PATH" "$TMP/max.tsv" "$DUR_S" 0 "$DEFAULT_PID"
+(( R[nginx_default_non2xx] + R[nginx_default_errors] == 0 )) ||
+    WARNINGS+=("nginx_default: ${R[nginx_default_non2xx]} non-2xx, ${R[nginx_default_errors]} socket errors; its row is context only")
 run direct "$BACKEND_URL" "$BACKEND_PATH" "$TMP/max.tsv" "$DUR_S" 0 "$BACKEND_PID"
 check_clean direct
 
@@ -389,6 +394,7 @@ done
 
 PH_HWM=$(hwm_kib "$PH_PID")
 PROXY_HWM=$(hwm_kib "$PROXY_PID")
+DEFAULT_HWM=$(hwm_kib "$DEFAULT_PID")
 BACKEND_HWM=$(hwm_kib "$BACKEND_PID")
 REDIS_HWM=$(hwm_kib "$REDIS_PID")
 LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
@@ -396,6 +402,7 @@ LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
 # ---------------------------------------------------------------- report
 
 RATIO=$(calc "\"%.2f\", ${R[payhook_rps]} / ${R[nginx_rps]}")
+RATIO_DEFAULT=$(calc "\"%.2f\", ${R[payhook_rps]} / ${R[nginx_default_rps]}")
 ADDED_P50=$(calc "\"%.2f\", (${R[payhook_p50_us]} - ${R[direct_p50_us]}) / 1000")
 ADDED_P99=$(calc "\"%.2f\", (${R[payhook_p99_us]} - ${R[direct_p99_us]}) / 1000")
 HALF_ADDED_P50=$(calc "\"%.2f\", (${R[half_payhook_p50_us]} - ${R[half_direct_p50_us]}) / 1000")
@@ -419,22 +426,25 @@ row() { # name label cpu_pid_hwm
 }
 row direct "direct to backend (nginx)" "$(mib "$BACKEND_HWM")"
 row nginx "nginx proxy_pass" "$(mib "$PROXY_HWM")"
+row nginx_default "nginx proxy_pass, defaults" "$(mib "$DEFAULT_HWM")"
 row payhook "payhook" "$PEAK_RSS"
 row half_direct "half load: direct" "-"
 row half_payhook "half load: payhook" "-"
 echo
+echo "nginx proxy_pass: upstream keep-alive, as payhook (the ratio's baseline); defaults: nginx's own proxy_pass, a new backend connection per request (context)"
 echo "half load = fixed ${HALF_RATE}/s (half of payhook's max), paced by wrk delay(); same -t$THREADS -c$CONNECTIONS"
 echo "payhook forwarded ${R[payhook_forwarded]} (max run) and ${R[half_payhook_forwarded]} (half load) notifications, $(( R[payhook_not_forwarded] + R[half_payhook_not_forwarded] )) not forwarded"
 echo "Redis (ledger) CPU, not counted above: $(redis_per payhook) us per notification (max run), peak RSS $(mib "$REDIS_HWM") MiB"
 # Everything the bench ran (wrk, servers, Redis) per request: the ratio can be no better than the
 # nginx path's figure over payhook's, since both share the same cores.
 machine_us() { calc "\"%.1f\", ${R[${1}_bench_pct]} / 100 * $(nproc) * 1e6 / ${R[${1}_rps]}"; }
-echo "whole-bench CPU per request (wrk + servers + Redis, from bench%): direct $(machine_us direct) us, nginx proxy_pass $(machine_us nginx) us, payhook $(machine_us payhook) us"
+echo "whole-bench CPU per request (wrk + servers + Redis, from bench%): direct $(machine_us direct) us, nginx proxy_pass $(machine_us nginx) us (defaults: $(machine_us nginx_default) us), payhook $(machine_us payhook) us"
 echo "cpu_us/req: CPU time (utime+stime from /proc/PID/stat) of that server's processes only; rss_mib: VmHWM (nginx: summed over master and workers)"
 echo "bench%: share of the machine's CPU (all cores) used during the run by this bench (wrk, nginx, Redis, payhook); other%: by"
 echo "processes outside it; steal%: taken by the hypervisor (other% and steal% should be ~0)"
 echo
 echo "ratio_payhook_vs_nginx=$RATIO"
+echo "ratio_payhook_vs_nginx_default_proxy=$RATIO_DEFAULT"
 echo "added_p50_ms=$ADDED_P50"
 echo "added_p99_ms=$ADDED_P99"
 echo "half_load_rate=$HALF_RATE"
