@@ -29,6 +29,11 @@
 # Unlike time, the count does not move with what else the VM runs, so it can show a change of a
 # few per cent between two builds in one run each (it weighs every instruction alike: a saving
 # in memcpy counts for more than it takes in time).
+# SYSCALLS=1 counts payhook's system calls during its max and half-load runs (`perf stat` on the
+# syscall tracepoints: exact counts, not samples) and prints `syscalls_per_notification=`,
+# `half_load_syscalls_per_notification=` and the main calls per notification: the wake-up side of
+# the CPU (a third of it is the kernel's) that callgrind does not see. The counting itself costs
+# a little time per call, so that run's CPU figures read a few per cent high.
 set -euo pipefail
 
 CALLGRIND=${CALLGRIND:-0}
@@ -45,6 +50,9 @@ WAIT_IDLE=${WAIT_IDLE:-60}
 NICE=${NICE:-0}
 PERF_RECORD=${PERF_RECORD:-}
 ONLY_PAYHOOK=${ONLY_PAYHOOK:-0}
+SYSCALLS=${SYSCALLS:-0}
+# The calls a notification makes (provider, backend and Redis sockets, the log line, wake-ups).
+SYSCALL_NAMES=(recvfrom sendto writev write epoll_wait futex getpeername)
 [[ -z $PERF_RECORD ]] || KEEP_TMP=1
 export PAYHOOK_LOG=${PAYHOOK_LOG:-info}
 
@@ -88,6 +96,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 [[ $CALLGRIND == 0 ]] || command -v callgrind_control >/dev/null || need+=(valgrind)
+[[ $SYSCALLS == 0 ]] || command -v perf >/dev/null || need+=(linux-perf)
 if (( ${#need[@]} )); then apt_install "${need[@]}"; fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if ! python3 -c 'import cryptography' 2>/dev/null; then
@@ -285,12 +294,30 @@ check_clean() { # name
     (( R[${1}_non2xx] == 0 )) || INVALID+=("$1: ${R[${1}_non2xx]} non-2xx responses")
     (( R[${1}_errors] == 0 )) || INVALID+=("$1: ${R[${1}_errors]} socket errors (connect/read/write/timeout)")
 }
+# count_syscalls NAME DURATION_S: in the background, payhook's system calls over the run (and the
+# 0.5 s after it that `run` waits for) into $TMP/syscalls-NAME.csv; SYSCALLS_PID to wait for.
+count_syscalls() {
+    local events=raw_syscalls:sys_enter call
+    for call in "${SYSCALL_NAMES[@]}"; do events+=",syscalls:sys_enter_$call"; done
+    perf stat -x, -e "$events" -o "$TMP/syscalls-$1.csv" -p "$PH_PID" -- sleep "$2.5" 2>"$TMP/syscalls-$1.log" &
+    SYSCALLS_PID=$!
+}
+# syscalls_per NAME: "total call=n call=n ..." per forwarded notification of that run.
+syscalls_per() {
+    awk -F, -v n="${R[${1}_forwarded]}" '
+        $3 == "raw_syscalls:sys_enter" { total = $1 }
+        $3 ~ /^syscalls:sys_enter_/ { sub(/^syscalls:sys_enter_/, "", $3); calls = calls sprintf(" %s=%.2f", $3, $1 / n) }
+        END { if (total == "") exit 1; printf "%.2f%s\n", total / n, calls }' "$TMP/syscalls-$1.csv" ||
+        die "perf stat counted nothing (see $TMP/syscalls-$1.log)"
+}
 # run_payhook NAME FILE DURATION_S [RATE]: a payhook run checked against payhook's own metrics.
 run_payhook() {
     local name=$1 f0 o0 f1 o1 r0
     read -r f0 o0 < <(notif_counts)
     r0=$(cpu_ticks "$REDIS_PID")
+    [[ $SYSCALLS == 0 ]] || count_syscalls "$name" "$3"
     run "$name" "$PH_URL" "$NOTIFY_PATH" "$2" "$3" "${4:-0}" "$PH_PID"
+    [[ $SYSCALLS == 0 ]] || wait "$SYSCALLS_PID" || die "perf stat failed (see $TMP/syscalls-$name.log)"
     R[${name}_redis_ticks]=$(( $(cpu_ticks "$REDIS_PID") - r0 ))
     read -r f1 o1 < <(notif_counts)
     R[${name}_forwarded]=$(( f1 - f0 ))
@@ -368,6 +395,10 @@ if [[ $ONLY_PAYHOOK == 1 ]]; then
     echo "payhook_rps=${R[payhook_rps]} p50_ms=$(ms "${R[payhook_p50_us]}") p99_ms=$(ms "${R[payhook_p99_us]}")" \
         "cpu_us_per_notification=$(cpu_per payhook "${R[payhook_forwarded]}") redis_us_per_notification=$(redis_per payhook)" \
         "bench_pct=${R[payhook_bench_pct]} other_pct=${R[payhook_other_pct]}"
+    if [[ $SYSCALLS == 1 ]]; then
+        read -r total calls < <(syscalls_per payhook)
+        echo "syscalls_per_notification=$total $calls"
+    fi
     exit 0
 fi
 run nginx "$PROXY_URL" "$NOTIFY_PATH" "$TMP/max.tsv" "$DUR_S" 0 "$PROXY_PID"
@@ -453,6 +484,14 @@ echo "half_load_added_p99_ms=$HALF_ADDED_P99"
 echo "cpu_us_per_notification=$CPU_US"
 echo "half_load_cpu_us_per_notification=$HALF_CPU_US"
 echo "peak_rss_mib=$PEAK_RSS"
+if [[ $SYSCALLS == 1 ]]; then
+    read -r total calls < <(syscalls_per payhook)
+    read -r half_total half_calls < <(syscalls_per half_payhook)
+    echo "syscalls_per_notification=$total"
+    echo "half_load_syscalls_per_notification=$half_total"
+    echo "syscalls per notification, max run: $calls"
+    echo "syscalls per notification, half load: $half_calls"
+fi
 echo
 goal() { # label ok-expr
     if (( $(calc "\"%d\", $2") )); then echo "goal $1: met"; else echo "goal $1: NOT met"; fi
