@@ -34,6 +34,8 @@
 # `half_load_syscalls_per_notification=` and the main calls per notification: the wake-up side of
 # the CPU (a third of it is the kernel's) that callgrind does not see. The counting itself costs
 # a little time per call, so that run's CPU figures read a few per cent high.
+# HALF_RATE (half of payhook's measured maximum) fixes the half-load run's rate: wake-ups per
+# notification grow as the rate falls, so two builds' half-load figures compare at one rate.
 set -euo pipefail
 
 CALLGRIND=${CALLGRIND:-0}
@@ -410,7 +412,7 @@ run nginx_default "$DEFAULT_URL" "$NOTIFY_PATH" "$TMP/max.tsv" "$DUR_S" 0 "$DEFA
 run direct "$BACKEND_URL" "$BACKEND_PATH" "$TMP/max.tsv" "$DUR_S" 0 "$BACKEND_PID"
 check_clean direct
 
-HALF_RATE=$(( R[payhook_rps] / 2 ))
+HALF_RATE=${HALF_RATE:-$(( R[payhook_rps] / 2 ))}
 (( HALF_RATE >= THREADS )) || die "payhook's rate is too low for a half-load run"
 N_HALF=$(calc "\"%d\", $HALF_RATE * $DUR_S * 1.2 + 50 * $CONNECTIONS")
 log "half load: $HALF_RATE/s for ${DUR_S}s; pre-signing $N_HALF"
@@ -463,7 +465,7 @@ row half_direct "half load: direct" "-"
 row half_payhook "half load: payhook" "-"
 echo
 echo "nginx proxy_pass: upstream keep-alive, as payhook (the ratio's baseline); defaults: nginx's own proxy_pass, a new backend connection per request (context)"
-echo "half load = fixed ${HALF_RATE}/s (half of payhook's max), paced by wrk delay(); same -t$THREADS -c$CONNECTIONS"
+echo "half load = fixed ${HALF_RATE}/s (payhook's max: ${R[payhook_rps]}/s), paced by wrk delay(); same -t$THREADS -c$CONNECTIONS"
 echo "payhook forwarded ${R[payhook_forwarded]} (max run) and ${R[half_payhook_forwarded]} (half load) notifications, $(( R[payhook_not_forwarded] + R[half_payhook_not_forwarded] )) not forwarded"
 echo "Redis (ledger) CPU, not counted above: $(redis_per payhook) us per notification (max run), peak RSS $(mib "$REDIS_HWM") MiB"
 # Everything the bench ran (wrk, servers, Redis) per request: the ratio can be no better than the
