@@ -397,10 +397,8 @@ if [[ $ONLY_PAYHOOK == 1 ]]; then
     echo "payhook_rps=${R[payhook_rps]} p50_ms=$(ms "${R[payhook_p50_us]}") p99_ms=$(ms "${R[payhook_p99_us]}")" \
         "cpu_us_per_notification=$(cpu_per payhook "${R[payhook_forwarded]}") redis_us_per_notification=$(redis_per payhook)" \
         "bench_pct=${R[payhook_bench_pct]} other_pct=${R[payhook_other_pct]}"
-    if [[ $SYSCALLS == 1 ]]; then
-        read -r total calls < <(syscalls_per payhook)
-        echo "syscalls_per_notification=$total $calls"
-    fi
+    # An assignment, not `< <(…)`: a failed count then stops the script (set -e).
+    [[ $SYSCALLS == 0 ]] || { counts=$(syscalls_per payhook); echo "syscalls_per_notification=$counts"; }
     exit 0
 fi
 run nginx "$PROXY_URL" "$NOTIFY_PATH" "$TMP/max.tsv" "$DUR_S" 0 "$PROXY_PID"
@@ -487,12 +485,12 @@ echo "cpu_us_per_notification=$CPU_US"
 echo "half_load_cpu_us_per_notification=$HALF_CPU_US"
 echo "peak_rss_mib=$PEAK_RSS"
 if [[ $SYSCALLS == 1 ]]; then
-    read -r total calls < <(syscalls_per payhook)
-    read -r half_total half_calls < <(syscalls_per half_payhook)
-    echo "syscalls_per_notification=$total"
-    echo "half_load_syscalls_per_notification=$half_total"
-    echo "syscalls per notification, max run: $calls"
-    echo "syscalls per notification, half load: $half_calls"
+    counts=$(syscalls_per payhook)
+    half_counts=$(syscalls_per half_payhook)
+    echo "syscalls_per_notification=${counts%% *}"
+    echo "half_load_syscalls_per_notification=${half_counts%% *}"
+    echo "syscalls per notification, max run: ${counts#* }"
+    echo "syscalls per notification, half load: ${half_counts#* }"
 fi
 echo
 goal() { # label ok-expr
