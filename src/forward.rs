@@ -315,11 +315,9 @@ impl Forwarder {
 
         let peers = backend.peers().await?;
         let (mut stream, peer) = self.stream_to(&peers).await?;
-        let written = async {
-            stream.write_all(&wire).await?;
-            stream.flush().await
-        };
-        written.await.map_err(|e| ForwardError::Io(e.to_string()))?;
+        let write_failed = |e: std::io::Error| ForwardError::Io(e.to_string());
+        stream.write_all(&wire).await.map_err(write_failed)?;
+        stream.flush().await.map_err(write_failed)?;
         let mut session = HttpSession::new_with_options(stream, peer);
         session.read_response().await.map_err(io)?;
         let head = session.resp_header().ok_or_else(|| ForwardError::Io("no response header".into()))?;
