@@ -296,13 +296,22 @@ check_clean() { # name
     (( R[${1}_non2xx] == 0 )) || INVALID+=("$1: ${R[${1}_non2xx]} non-2xx responses")
     (( R[${1}_errors] == 0 )) || INVALID+=("$1: ${R[${1}_errors]} socket errors (connect/read/write/timeout)")
 }
-# count_syscalls NAME DURATION_S: in the background, payhook's system calls over the run (and the
-# 0.5 s after it that `run` waits for) into $TMP/syscalls-NAME.csv; SYSCALLS_PID to wait for.
-count_syscalls() {
+# perf_during NAME DURATION_S: in the background, perf attached to payhook over the run (and the
+# 0.5 s after it that `run` waits for): its system calls counted into $TMP/syscalls-NAME.csv
+# (SYSCALLS=1) and, for the max run, a recording into $TMP/perf.data (PERF_RECORD). Sets PERF_PIDS.
+perf_during() {
     local events=raw_syscalls:sys_enter call
-    for call in "${SYSCALL_NAMES[@]}"; do events+=",syscalls:sys_enter_$call"; done
-    perf stat -x, -e "$events" -o "$TMP/syscalls-$1.csv" -p "$PH_PID" -- sleep "$2.5" 2>"$TMP/syscalls-$1.log" &
-    SYSCALLS_PID=$!
+    PERF_PIDS=()
+    if [[ $SYSCALLS == 1 ]]; then
+        for call in "${SYSCALL_NAMES[@]}"; do events+=",syscalls:sys_enter_$call"; done
+        perf stat -x, -e "$events" -o "$TMP/syscalls-$1.csv" -p "$PH_PID" -- sleep "$2.5" 2>"$TMP/perf-$1.log" &
+        PERF_PIDS+=($!)
+    fi
+    if [[ -n $PERF_RECORD && $1 == payhook ]]; then
+        # shellcheck disable=SC2086 # PERF_RECORD is a list of perf options
+        perf record $PERF_RECORD -o "$TMP/perf.data" -p "$PH_PID" -- sleep "$2" 2>"$TMP/perf.log" &
+        PERF_PIDS+=($!)
+    fi
 }
 # syscalls_per NAME: "total call=n call=n ..." per forwarded notification of that run.
 syscalls_per() {
@@ -310,16 +319,17 @@ syscalls_per() {
         $3 == "raw_syscalls:sys_enter" { total = $1 }
         $3 ~ /^syscalls:sys_enter_/ { sub(/^syscalls:sys_enter_/, "", $3); calls = calls sprintf(" %s=%.2f", $3, $1 / n) }
         END { if (total == "") exit 1; printf "%.2f%s\n", total / n, calls }' "$TMP/syscalls-$1.csv" ||
-        die "perf stat counted nothing (see $TMP/syscalls-$1.log)"
+        die "perf stat counted nothing (see $TMP/perf-$1.log)"
 }
 # run_payhook NAME FILE DURATION_S [RATE]: a payhook run checked against payhook's own metrics.
 run_payhook() {
     local name=$1 f0 o0 f1 o1 r0
     read -r f0 o0 < <(notif_counts)
     r0=$(cpu_ticks "$REDIS_PID")
-    [[ $SYSCALLS == 0 ]] || count_syscalls "$name" "$3"
+    perf_during "$name" "$3"
     run "$name" "$PH_URL" "$NOTIFY_PATH" "$2" "$3" "${4:-0}" "$PH_PID"
-    [[ $SYSCALLS == 0 ]] || wait "$SYSCALLS_PID" || die "perf stat failed (see $TMP/syscalls-$name.log)"
+    local pid
+    for pid in "${PERF_PIDS[@]}"; do wait "$pid" || die "perf failed (see $TMP/perf*.log)"; done
     R[${name}_redis_ticks]=$(( $(cpu_ticks "$REDIS_PID") - r0 ))
     read -r f1 o1 < <(notif_counts)
     R[${name}_forwarded]=$(( f1 - f0 ))
@@ -382,16 +392,8 @@ N_MAX=$(calc "\"%d\", $CAL_RATE * $DUR_S * $N_FACTOR + 50 * $CONNECTIONS")
 log "payhook calibrated at ~$CAL_RATE notifications/s; pre-signing $N_MAX for the ${DUR_S}s run"
 presign "$TMP/max.tsv" "$N_MAX" "$RUN_ID-max"
 # payhook first: the timestamps are freshest (payhook allows 5 minutes of clock skew).
-if [[ -n $PERF_RECORD ]]; then
-    # shellcheck disable=SC2086 # PERF_RECORD is a list of perf options
-    perf record $PERF_RECORD -o "$TMP/perf.data" -p "$PH_PID" -- sleep "$DUR_S" 2>"$TMP/perf.log" &
-    PERF_PID=$!
-fi
 run_payhook payhook "$TMP/max.tsv" "$DUR_S"
-if [[ -n $PERF_RECORD ]]; then
-    wait "$PERF_PID" || die "perf record failed (see $TMP/perf.log)"
-    log "profile of payhook's max run: perf report -i $TMP/perf.data"
-fi
+[[ -z $PERF_RECORD ]] || log "profile of payhook's max run: perf report -i $TMP/perf.data"
 if [[ $ONLY_PAYHOOK == 1 ]]; then
     (( ${#INVALID[@]} == 0 )) || die "invalid run: ${INVALID[*]}"
     echo "payhook_rps=${R[payhook_rps]} p50_ms=$(ms "${R[payhook_p50_us]}") p99_ms=$(ms "${R[payhook_p99_us]}")" \
