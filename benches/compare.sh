@@ -264,6 +264,9 @@ mib() { calc "\"%.1f\", $1 / 1024"; }
 cpu_per() { calc "\"%.1f\", ${R[${1}_cpu_ticks]} * 1e6 / $CLK_TCK / $2"; }
 # NAME: Redis' CPU in that payhook run, in us per forwarded notification.
 redis_per() { calc "\"%.1f\", ${R[${1}_redis_ticks]} * 1e6 / $CLK_TCK / ${R[${1}_forwarded]}"; }
+# Microseconds Redis spent inside commands (its INFO commandstats), summed over all commands.
+redis_command_usec() { redis-cli -p "$REDIS_PORT" INFO commandstats | awk -F'[=,]' '/^cmdstat_/ { u += $4 } END { print u + 0 }'; }
+redis_command_per() { calc "\"%.1f\", ${R[${1}_redis_usec]} / ${R[${1}_forwarded]}"; }
 # run NAME URL PATH FILE DURATION_S [RATE] [CPU_PID]: wrk, results into R[NAME_*].
 run() {
     local name=$1 url=$2 path=$3 file=$4 dur=$5 rate=${6:-0} cpu_pid=${7:-}
@@ -323,14 +326,15 @@ syscalls_per() {
 }
 # run_payhook NAME FILE DURATION_S [RATE]: a payhook run checked against payhook's own metrics.
 run_payhook() {
-    local name=$1 f0 o0 f1 o1 r0
+    local name=$1 f0 o0 f1 o1 r0 u0
     read -r f0 o0 < <(notif_counts)
-    r0=$(cpu_ticks "$REDIS_PID")
+    r0=$(cpu_ticks "$REDIS_PID") u0=$(redis_command_usec)
     perf_during "$name" "$3"
     run "$name" "$PH_URL" "$NOTIFY_PATH" "$2" "$3" "${4:-0}" "$PH_PID"
     local pid
     for pid in "${PERF_PIDS[@]}"; do wait "$pid" || die "perf failed (see $TMP/perf*.log)"; done
     R[${name}_redis_ticks]=$(( $(cpu_ticks "$REDIS_PID") - r0 ))
+    R[${name}_redis_usec]=$(( $(redis_command_usec) - u0 ))
     read -r f1 o1 < <(notif_counts)
     R[${name}_forwarded]=$(( f1 - f0 ))
     R[${name}_not_forwarded]=$(( o1 - o0 ))
@@ -397,7 +401,7 @@ run_payhook payhook "$TMP/max.tsv" "$DUR_S"
 if [[ $ONLY_PAYHOOK == 1 ]]; then
     (( ${#INVALID[@]} == 0 )) || die "invalid run: ${INVALID[*]}"
     echo "payhook_rps=${R[payhook_rps]} p50_ms=$(ms "${R[payhook_p50_us]}") p99_ms=$(ms "${R[payhook_p99_us]}")" \
-        "cpu_us_per_notification=$(cpu_per payhook "${R[payhook_forwarded]}") redis_us_per_notification=$(redis_per payhook)" \
+        "cpu_us_per_notification=$(cpu_per payhook "${R[payhook_forwarded]}") redis_us_per_notification=$(redis_per payhook) redis_command_us_per_notification=$(redis_command_per payhook)" \
         "bench_pct=${R[payhook_bench_pct]} other_pct=${R[payhook_other_pct]}"
     # An assignment, not `< <(…)`: a failed count then stops the script (set -e).
     [[ $SYSCALLS == 0 ]] || { counts=$(syscalls_per payhook); echo "syscalls_per_notification=$counts"; }
@@ -467,7 +471,7 @@ echo
 echo "nginx proxy_pass: upstream keep-alive, as payhook (the ratio's baseline); defaults: nginx's own proxy_pass, a new backend connection per request (context)"
 echo "half load = fixed ${HALF_RATE}/s (payhook's max: ${R[payhook_rps]}/s), paced by wrk delay(); same -t$THREADS -c$CONNECTIONS"
 echo "payhook forwarded ${R[payhook_forwarded]} (max run) and ${R[half_payhook_forwarded]} (half load) notifications, $(( R[payhook_not_forwarded] + R[half_payhook_not_forwarded] )) not forwarded"
-echo "Redis (ledger) CPU, not counted above: $(redis_per payhook) us per notification (max run), peak RSS $(mib "$REDIS_HWM") MiB"
+echo "Redis (ledger) CPU, not counted above: $(redis_per payhook) us per notification (max run; $(redis_command_per payhook) us of it inside commands), peak RSS $(mib "$REDIS_HWM") MiB"
 # Everything the bench ran (wrk, servers, Redis) per request: the ratio can be no better than the
 # nginx path's figure over payhook's, since both share the same cores.
 machine_us() { calc "\"%.1f\", ${R[${1}_bench_pct]} / 100 * $(nproc) * 1e6 / ${R[${1}_rps]}"; }

@@ -17,7 +17,7 @@ use crate::config::{Account, Config, Route};
 use crate::forward::Forwarder;
 use crate::ledger::{quarantine_reason, Claim, ClaimRequest, Index, Lease, Ledger, LedgerError, OrderState, PaymentId, QuarantineInfo};
 use crate::metrics;
-use crate::order::{order_data, NotifyMode};
+use crate::order::{order_json, registration_fields, NotifyMode};
 use crate::provider::{Answer, Inbound, PaidOrder, Reply, Verified};
 use crate::secret::Secret;
 
@@ -303,15 +303,14 @@ impl Gateway {
             }
             Ok(Claim::Quarantine { reason, registered_type, registered_total_fee }) => {
                 let shown_type = order_type.or(registered_type.as_deref()).unwrap_or("-").to_string();
-                let data = order_data(paid, &shown_type, source.mode(), now_ms);
                 let info = QuarantineInfo {
                     reason: reason.to_string(),
                     notified_type: order_type.map(str::to_string),
-                    notified_total_fee: data.get("total_fee").and_then(Value::as_u64).unwrap_or(0),
+                    notified_total_fee: paid.total_fee,
                     registered_type,
                     registered_total_fee,
                     at_ms: now_ms,
-                    order_data: serde_json::to_string(&data).expect("a JSON map serialises"),
+                    order_data: order_json(&paid, &shown_type, source.mode(), now_ms, None),
                 };
                 return match self.ledger.quarantine(&key, &info).await {
                     Ok(first) => {
@@ -331,13 +330,10 @@ impl Gateway {
             // Fail closed: without the gate we cannot promise "once", so the provider retries.
             Err(e) => return ledger_failed(&key, "claim", e),
         };
-        let pay_date = paid.pay_date.as_i64();
-        let mut data = order_data(paid, &owned.order_type, source.mode(), now_ms);
-        merge_fields(&mut data, owned.fields.as_deref());
-        let stored = serde_json::to_string(&data).expect("a JSON map serialises");
+        let stored = order_json(&paid, &owned.order_type, source.mode(), now_ms, owned.fields.as_deref());
         let delivery = self.forward_and_settle(&key, &owned.lease, &owned.order_type, stored, deadline).await;
         if delivery == Delivery::Forwarded {
-            if let Some(paid_at) = pay_date {
+            if let Some(paid_at) = paid.pay_date.as_i64() {
                 let seconds = (now_ms - paid_at).max(0) as f64 / 1e3;
                 metrics::PAYMENT_TO_DELIVERY.with_label_values(&[account, source.label()]).observe(seconds);
             }
@@ -460,7 +456,9 @@ impl Gateway {
             Claim::Done => return Ok(Delivery::Duplicate),
             other => return Err(ResolveError::Busy(format!("{other:?}"))),
         };
-        merge_fields(&mut data, owned.fields.as_deref());
+        for (name, value) in registration_fields(owned.fields.as_deref()) {
+            data.entry(name).or_insert(value);
+        }
         let stored = serde_json::to_string(&data).expect("a JSON map serialises");
         self.ledger.index_remove(Index::Quarantined, &acct.name, &key).await?;
         Ok(self.forward_and_settle(&key, &owned.lease, &order_type, stored, deadline).await)
@@ -551,15 +549,6 @@ fn missing_quarantine_details(key: &PaymentId) -> QuarantineInfo {
         registered_total_fee: None,
         at_ms: 0,
         order_data: "{}".into(),
-    }
-}
-
-/// Merges a registration's `fields` into the order data at the top level, never over a field
-/// payhook derived from the provider.
-fn merge_fields(data: &mut Map<String, Value>, fields: Option<&str>) {
-    let Some(Ok(Value::Object(extra))) = fields.map(serde_json::from_str::<Value>) else { return };
-    for (name, value) in extra {
-        data.entry(name).or_insert(value);
     }
 }
 

@@ -1,9 +1,10 @@
 //! The order data a backend receives: the fields of vk-uni-pay's `vk-pay-orders` row that a
 //! `service/pay-notify/{type}.js` callback reads, so a backend written for vk keeps working.
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::provider::PaidOrder;
+use crate::provider::{NotifyInfo, PaidOrder};
 
 /// vk's `notify_mode`: 1 = the provider's asynchronous notification, 0 = an active query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,24 +13,64 @@ pub enum NotifyMode {
     Notification = 1,
 }
 
-/// Builds the order object in vk's field order (JSON.stringify keeps insertion order).
-pub fn order_data(paid: PaidOrder, order_type: &str, mode: NotifyMode, notify_date_ms: i64) -> Map<String, Value> {
-    let mut m = Map::with_capacity(14);
-    m.insert("out_trade_no".into(), paid.out_trade_no.into());
-    m.insert("transaction_id".into(), paid.transaction_id.into());
-    m.insert("total_fee".into(), paid.total_fee.into());
-    m.insert("type".into(), order_type.into());
-    m.insert("status".into(), 1.into());
-    m.insert("provider".into(), paid.provider.into());
-    m.insert("mch_id".into(), paid.mch_id.into());
-    m.insert("appid".into(), paid.appid.into());
-    m.insert("openid".into(), paid.openid.into());
-    m.insert("pay_date".into(), paid.pay_date.into());
-    m.insert("notify_date".into(), notify_date_ms.into());
-    m.insert("notify_mode".into(), (mode as u8).into());
-    m.insert("attach".into(), paid.attach);
-    m.insert("notify_info".into(), Value::Object(paid.notify_info));
-    m
+/// The order object in vk's field order (JSON.stringify keeps insertion order), written
+/// straight from the verified notification: `notify_info` is copied, not decoded and re-encoded.
+#[derive(Serialize)]
+struct OrderData<'a> {
+    out_trade_no: &'a str,
+    transaction_id: &'a str,
+    total_fee: u64,
+    #[serde(rename = "type")]
+    order_type: &'a str,
+    status: u8,
+    provider: &'static str,
+    mch_id: &'a str,
+    appid: &'a str,
+    openid: &'a str,
+    pay_date: &'a Value,
+    notify_date: i64,
+    notify_mode: u8,
+    attach: &'a Value,
+    notify_info: &'a NotifyInfo,
+    #[serde(flatten)]
+    registration: Map<String, Value>,
+}
+
+/// The names above: a registration's `fields` never replace one of them.
+const ORDER_FIELDS: [&str; 14] = [
+    "out_trade_no", "transaction_id", "total_fee", "type", "status", "provider", "mch_id", "appid", "openid", "pay_date",
+    "notify_date", "notify_mode", "attach", "notify_info",
+];
+
+/// The order data's JSON text, with a registration's `fields` (a JSON object's text) after
+/// vk's fields.
+pub fn order_json(paid: &PaidOrder, order_type: &str, mode: NotifyMode, notify_date_ms: i64, fields: Option<&str>) -> String {
+    let data = OrderData {
+        out_trade_no: &paid.out_trade_no,
+        transaction_id: &paid.transaction_id,
+        total_fee: paid.total_fee,
+        order_type,
+        status: 1,
+        provider: paid.provider,
+        mch_id: &paid.mch_id,
+        appid: &paid.appid,
+        openid: &paid.openid,
+        pay_date: &paid.pay_date,
+        notify_date: notify_date_ms,
+        notify_mode: mode as u8,
+        attach: &paid.attach,
+        notify_info: &paid.notify_info,
+        registration: registration_fields(fields),
+    };
+    serde_json::to_string(&data).expect("order data serialises")
+}
+
+/// The members of a registration's `fields` that may join the order data: not one of vk's
+/// fields, which payhook derives from the provider. Not an object: none.
+pub fn registration_fields(fields: Option<&str>) -> Map<String, Value> {
+    let Some(Ok(Value::Object(mut extra))) = fields.map(serde_json::from_str::<Value>) else { return Map::new() };
+    extra.retain(|name, _| !ORDER_FIELDS.contains(&name.as_str()));
+    extra
 }
 
 #[cfg(test)]
@@ -48,13 +89,19 @@ mod tests {
             openid: "u".into(),
             pay_date: 1000.into(),
             attach: serde_json::json!({"k": 1}),
-            notify_info: Map::new(),
+            notify_info: NotifyInfo::from_object(serde_json::from_str(r#"{"b": 2, "a":"\u5546"}"#).unwrap()),
             unparsed: Vec::new(),
         };
-        let text = serde_json::to_string(&order_data(paid, "goods", NotifyMode::Active, 2000)).unwrap();
         assert_eq!(
-            text,
-            r#"{"out_trade_no":"o1","transaction_id":"t1","total_fee":1234,"type":"goods","status":1,"provider":"wxpay","mch_id":"m","appid":"a","openid":"u","pay_date":1000,"notify_date":2000,"notify_mode":0,"attach":{"k":1},"notify_info":{}}"#
+            order_json(&paid, "goods", NotifyMode::Active, 2000, None),
+            r#"{"out_trade_no":"o1","transaction_id":"t1","total_fee":1234,"type":"goods","status":1,"provider":"wxpay","mch_id":"m","appid":"a","openid":"u","pay_date":1000,"notify_date":2000,"notify_mode":0,"attach":{"k":1},"notify_info":{"b": 2, "a":"\u5546"}}"#
         );
+        // A registration's fields follow, never over one of vk's.
+        let fields = r#"{"user_id":"u9","total_fee":1,"type":"vip","notify_info":null}"#;
+        assert_eq!(
+            order_json(&paid, "goods", NotifyMode::Notification, 2000, Some(fields)),
+            r#"{"out_trade_no":"o1","transaction_id":"t1","total_fee":1234,"type":"goods","status":1,"provider":"wxpay","mch_id":"m","appid":"a","openid":"u","pay_date":1000,"notify_date":2000,"notify_mode":1,"attach":{"k":1},"notify_info":{"b": 2, "a":"\u5546"},"user_id":"u9"}"#
+        );
+        assert_eq!(order_json(&paid, "goods", NotifyMode::Active, 2000, Some("[1]")), order_json(&paid, "goods", NotifyMode::Active, 2000, None));
     }
 }

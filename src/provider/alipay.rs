@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{beijing_millis, parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
+use super::{beijing_millis, parse_attach, Answer, Inbound, NotifyInfo, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::{ConfigDir, ConfigError};
 use crate::forward::{Backend, HttpReply};
 use crate::keys::{Certificate, KeyError, RsaPrivateKey, RsaPublicKey};
@@ -169,11 +169,7 @@ impl Alipay {
             openid,
             pay_date,
             attach,
-            notify_info: fields
-                .into_iter()
-                .filter(|(k, _)| !is_unsigned(k))
-                .map(|(k, v)| (k, Value::String(v)))
-                .collect::<Map<_, _>>(),
+            notify_info: NotifyInfo::from_fields(fields.into_iter().filter(|(k, _)| !is_unsigned(k))),
             unparsed,
         }))
     }
@@ -440,7 +436,7 @@ impl Provider for Alipay {
             pay_date,
             // passback_params only travels in notifications.
             attach: Value::String(String::new()),
-            notify_info: response,
+            notify_info: NotifyInfo::from_object(envelope.alipay_trade_query_response),
             unparsed,
         }))
     }
@@ -541,9 +537,10 @@ mod tests {
         assert_eq!(order.openid, "2088102534368455");
         assert_eq!(order.pay_date, 1_565_855_784_000i64);
         assert_eq!(order.attach, Value::String(String::new()));
-        assert_eq!(order.notify_info["notify_id"], "2019081500222155624068450559358070");
-        assert_eq!(order.notify_info["subject"], "语雀空间 500人规模");
-        assert!(!order.notify_info.contains_key("sign") && !order.notify_info.contains_key("sign_type"));
+        let info = order.notify_info.to_map();
+        assert_eq!(info["notify_id"], "2019081500222155624068450559358070");
+        assert_eq!(info["subject"], "语雀空间 500人规模");
+        assert!(!info.contains_key("sign") && !info.contains_key("sign_type"));
     }
 
     #[test]
@@ -596,7 +593,7 @@ mod tests {
         // The body really is GBK: UTF-8 would percent-encode 测 as %E6%B5%8B.
         assert!(!String::from_utf8_lossy(&body).contains("%E6%B5%8B"));
         let Verified::Paid(order) = verify(&test_key_provider(), &body).unwrap() else { panic!("not paid") };
-        assert_eq!(order.notify_info["subject"], "测试商品 一号+1");
+        assert_eq!(order.notify_info.to_map()["subject"], "测试商品 一号+1");
         assert_eq!(order.total_fee, 100);
     }
 
@@ -793,11 +790,12 @@ mod tests {
                 openid: "2088102177846880".into(),
                 pay_date: (NOW * 1000).into(),
                 attach: Value::String(String::new()),
-                notify_info: serde_json::from_str(PAID).unwrap(),
+                // The signed response object, byte for byte.
+                notify_info: NotifyInfo::from_object(serde_json::from_str(PAID).unwrap()),
                 unparsed: Vec::new(),
             }
         );
-        assert_eq!(order.notify_info["subject"], "商品");
+        assert_eq!(order.notify_info.json(), PAID);
         let finished = PAID.replace("TRADE_SUCCESS", "TRADE_FINISHED");
         assert!(matches!(query(&p, &query_reply(&finished, "alipay.key.pem")).unwrap(), QueryOutcome::Paid(_)));
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::config::{ConfigDir, ConfigError};
@@ -53,8 +54,8 @@ pub struct PaidOrder {
     /// does not parse (it decides no money, so it never blocks a payment).
     pub pay_date: Value,
     pub attach: Value,
-    /// The provider's own fields, decoded (vk's `notify_info`).
-    pub notify_info: Map<String, Value>,
+    /// The provider's own fields (vk's `notify_info`).
+    pub notify_info: NotifyInfo,
     /// Fields that decide no money and did not parse, forwarded as the provider sent them.
     pub unparsed: Vec<&'static str>,
 }
@@ -69,6 +70,44 @@ impl PaidOrder {
                 Value::String(text)
             }
         }
+    }
+}
+
+/// vk's `notify_info`: the provider's own fields as one JSON object, forwarded as they are.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(transparent)]
+pub struct NotifyInfo(Box<RawValue>);
+
+impl NotifyInfo {
+    /// Decoded text fields (an XML notification, a signed form).
+    pub fn from_fields(fields: impl IntoIterator<Item = (String, String)>) -> NotifyInfo {
+        let map: Map<String, Value> = fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+        NotifyInfo::from_map(&map)
+    }
+
+    pub fn from_map(map: &Map<String, Value>) -> NotifyInfo {
+        NotifyInfo(serde_json::value::to_raw_value(map).expect("a JSON map serialises"))
+    }
+
+    /// A JSON object's text as the provider sent (and signed or sealed) it: kept byte for byte
+    /// instead of decoded into a map and written again. The caller checked it is an object.
+    pub(crate) fn from_object(object: &RawValue) -> NotifyInfo {
+        NotifyInfo(object.to_owned())
+    }
+
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The fields decoded, for checks; delivery forwards [`NotifyInfo::json`] as it is.
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.json()).expect("notify_info is a JSON object")
+    }
+}
+
+impl PartialEq for NotifyInfo {
+    fn eq(&self, other: &NotifyInfo) -> bool {
+        self.json() == other.json()
     }
 }
 

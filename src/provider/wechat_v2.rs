@@ -10,9 +10,8 @@ use quick_xml::events::Event;
 use quick_xml::Reader;
 use ring::hmac;
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use super::{api_base, api_path, parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
+use super::{NotifyInfo, api_base, api_path, parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::ConfigError;
 use crate::forward::{Backend, HttpReply};
 use crate::keys::random_hex;
@@ -123,11 +122,7 @@ impl WechatV2 {
             pay_date,
             attach: parse_attach(&text("attach")),
             out_trade_no,
-            notify_info: fields
-                .into_iter()
-                .filter(|(k, _)| k != "sign")
-                .map(|(k, v)| (k, Value::String(v)))
-                .collect::<Map<_, _>>(),
+            notify_info: NotifyInfo::from_fields(fields.into_iter().filter(|(k, _)| k != "sign")),
             unparsed,
         }))
     }
@@ -354,6 +349,7 @@ impl Provider for WechatV2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 
@@ -477,7 +473,7 @@ mod tests {
             // 2014-09-03 13:15:40 +08:00
             pay_date: 1_409_721_340_000i64.into(),
             attach: serde_json::json!({ "user_id": "u1" }),
-            notify_info: fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect(),
+            notify_info: NotifyInfo::from_fields(fields),
             unparsed: Vec::new(),
         }
     }
@@ -488,7 +484,7 @@ mod tests {
         let body = signed(paid_fields(), SignKind::Md5);
         let Verified::Paid(order) = verify(&p, &body).unwrap() else { panic!("not paid") };
         assert_eq!(order, expected_paid(paid_fields()));
-        assert!(!order.notify_info.contains_key("sign"));
+        assert!(!order.notify_info.to_map().contains_key("sign"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! WeChat Pay API v3: JSON notifications signed with RSA-SHA256 over
 //! `timestamp\nnonce\nbody\n`, the resource sealed with AEAD_AES_256_GCM under the APIv3 key.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,9 +12,10 @@ use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use ring::aead;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
-use super::{WECHAT_REPLY_TIMEOUT, api_base, api_path, parse_attach, Answer, Inbound, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
+use super::{WECHAT_REPLY_TIMEOUT, api_base, api_path, parse_attach, Answer, Inbound, NotifyInfo, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::{parse_duration, ConfigDir, ConfigError};
 use crate::forward::{Backend, HttpReply};
 use crate::keys::{random_hex, Certificate, RsaPrivateKey, RsaPublicKey};
@@ -158,46 +160,96 @@ impl WechatV3 {
     }
 
     /// Normalises a decrypted (or queried) Transaction object.
-    pub fn transaction(&self, tx: Map<String, Value>) -> Result<Verified, ProviderError> {
-        let text = |name: &str| tx.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
-        if text("mchid") != self.mchid {
+    fn transaction(&self, tx: Transaction, raw: &RawValue) -> Result<Verified, ProviderError> {
+        if tx.mchid.as_deref() != Some(self.mchid.as_str()) {
             return Err(ProviderError::MerchantMismatch);
         }
         if let Some(appid) = &self.appid {
-            if &text("appid") != appid {
+            if tx.appid.as_deref() != Some(appid.as_str()) {
                 return Err(ProviderError::MerchantMismatch);
             }
         }
-        let state = text("trade_state");
+        let state = tx.trade_state.as_deref().unwrap_or_default();
         if state != "SUCCESS" {
             return Ok(Verified::NotPayment { what: format!("trade_state {state}") });
         }
-        let out_trade_no = text("out_trade_no");
+        let out_trade_no = tx.out_trade_no.unwrap_or_default().into_owned();
         if out_trade_no.is_empty() {
             return Err(ProviderError::Malformed("no out_trade_no".into()));
         }
         let total_fee = tx
-            .get("amount")
-            .and_then(|a| a.get("total"))
-            .and_then(Value::as_u64)
+            .amount
+            .and_then(|a| a.total)
+            .and_then(|t| t.as_u64())
             .ok_or_else(|| ProviderError::BadAmount("amount.total".into()))?;
         let mut unparsed = Vec::new();
-        let success_time = text("success_time");
+        let success_time = tx.success_time.unwrap_or_default();
         let millis = chrono::DateTime::parse_from_rfc3339(&success_time).ok().map(|t| t.timestamp_millis());
-        let pay_date = PaidOrder::lenient_date(millis, success_time, "success_time", &mut unparsed);
+        let pay_date = PaidOrder::lenient_date(millis, success_time.into_owned(), "success_time", &mut unparsed);
+        let text = |field: Option<Cow<str>>| field.unwrap_or_default().into_owned();
         Ok(Verified::Paid(PaidOrder {
             provider: "wxpay",
-            transaction_id: text("transaction_id"),
+            transaction_id: text(tx.transaction_id),
             total_fee,
-            mch_id: text("mchid"),
-            appid: text("appid"),
-            openid: tx.get("payer").and_then(|p| p.get("openid")).and_then(Value::as_str).unwrap_or_default().to_string(),
+            mch_id: text(tx.mchid),
+            appid: text(tx.appid),
+            openid: text(tx.payer.and_then(|p| p.openid)),
             pay_date,
-            attach: parse_attach(&text("attach")),
+            attach: parse_attach(tx.attach.as_deref().unwrap_or_default()),
             out_trade_no,
-            notify_info: tx,
+            notify_info: NotifyInfo::from_object(raw),
             unparsed,
         }))
+    }
+}
+
+/// The fields of a Transaction object that payhook reads; `notify_info` carries all of them.
+/// A field that is absent or `null` reads as empty; one of another JSON type makes the object
+/// malformed.
+#[derive(Deserialize)]
+struct Transaction<'a> {
+    #[serde(borrow)]
+    mchid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    appid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    trade_state: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    out_trade_no: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    transaction_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    success_time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    attach: Option<Cow<'a, str>>,
+    amount: Option<Amount>,
+    #[serde(borrow)]
+    payer: Option<Payer<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Amount {
+    /// Any JSON value, so that a total that is not a count of fen is a `bad_amount`.
+    total: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Payer<'a> {
+    #[serde(borrow)]
+    openid: Option<Cow<'a, str>>,
+}
+
+impl<'a> Transaction<'a> {
+    /// `json`: the decrypted resource or the query reply; `what` names it in the error.
+    fn parse(json: &'a [u8], what: &'static str) -> Result<(Transaction<'a>, &'a RawValue), ProviderError> {
+        let malformed = || ProviderError::Malformed(format!("{what} is not a transaction"));
+        let raw: &RawValue = serde_json::from_slice(json).map_err(|_| malformed())?;
+        // serde would also read a struct from a JSON array, field by field.
+        if !raw.get().starts_with('{') {
+            return Err(malformed());
+        }
+        let tx = serde_json::from_str(raw.get()).map_err(|_| malformed())?;
+        Ok((tx, raw))
     }
 }
 
@@ -270,9 +322,8 @@ impl Provider for WechatV3 {
             return Err(ProviderError::Malformed(format!("algorithm {}", resource.algorithm)));
         }
         let plain = self.decrypt_resource(&resource.nonce, &resource.associated_data, &resource.ciphertext)?;
-        let tx: Map<String, Value> =
-            serde_json::from_slice(&plain).map_err(|_| ProviderError::Malformed("resource is not a transaction".into()))?;
-        self.transaction(tx)
+        let (tx, raw) = Transaction::parse(&plain, "resource")?;
+        self.transaction(tx, raw)
     }
 
     fn order_query(&self, out_trade_no: &str, now: i64) -> Option<QueryRequest<'_>> {
@@ -310,17 +361,16 @@ impl Provider for WechatV3 {
         self.verify_signature(&reply.headers, &reply.body, now)?;
         match reply.status {
             200 => {
-                let tx: Map<String, Value> =
-                    serde_json::from_slice(&reply.body).map_err(|_| ProviderError::Malformed("query reply is not a transaction".into()))?;
-                if tx.get("out_trade_no").and_then(Value::as_str) != Some(out_trade_no) {
+                let (tx, raw) = Transaction::parse(&reply.body, "query reply")?;
+                if tx.out_trade_no.as_deref() != Some(out_trade_no) {
                     return Err(ProviderError::Malformed("query answered another out_trade_no".into()));
                 }
-                let state = tx.get("trade_state").and_then(Value::as_str).unwrap_or_default().to_string();
+                let state = tx.trade_state.as_deref().unwrap_or_default().to_string();
                 if state.is_empty() {
                     return Err(ProviderError::Malformed("query reply has no trade_state".into()));
                 }
                 // `transaction` checks mchid and appid before it looks at the state.
-                match self.transaction(tx)? {
+                match self.transaction(tx, raw)? {
                     Verified::Paid(order) => Ok(QueryOutcome::Paid(order)),
                     Verified::NotPayment { .. } => Ok(QueryOutcome::NotPaid { trade_state: state }),
                 }
@@ -534,8 +584,11 @@ mod tests {
     fn paid_query_reply_normalises_exactly() {
         let p = query_account("http://127.0.0.1:9");
         let tx = queried_transaction("order-1", "SUCCESS");
-        let reply = platform_reply(200, &tx.to_string());
+        // Spaces and newlines that a decode-and-encode would drop: notify_info keeps them.
+        let text = serde_json::to_string_pretty(&tx).unwrap();
+        let reply = platform_reply(200, &text);
         let QueryOutcome::Paid(order) = p.parse_order_query("order-1", &reply, NOW + 10).unwrap() else { panic!("not paid") };
+        assert_eq!(order.notify_info.json(), text);
         assert_eq!(
             order,
             PaidOrder {
@@ -548,10 +601,38 @@ mod tests {
                 openid: "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".into(),
                 pay_date: (NOW * 1000).into(),
                 attach: serde_json::json!({ "user_id": "u001" }),
-                notify_info: tx.as_object().unwrap().clone(),
+                notify_info: NotifyInfo::from_object(serde_json::from_str(&text).unwrap()),
                 unparsed: Vec::new(),
             }
         );
+    }
+
+    #[test]
+    fn transaction_fields_of_another_type() {
+        let p = query_account("http://127.0.0.1:9");
+        let outcome = |text: &str| p.parse_order_query("order-1", &platform_reply(200, text), NOW + 10);
+        let with = |field: &str, value: Value| {
+            let mut tx = queried_transaction("order-1", "SUCCESS");
+            tx[field] = value;
+            tx.to_string()
+        };
+        for total in [serde_json::json!("1234"), serde_json::json!(-1), serde_json::json!(12.5)] {
+            let mut tx = queried_transaction("order-1", "SUCCESS");
+            tx["amount"]["total"] = total;
+            assert_eq!(outcome(&tx.to_string()).unwrap_err().reason(), "bad_amount");
+        }
+        assert_eq!(outcome(&with("amount", Value::Null)).unwrap_err().reason(), "bad_amount");
+        // WeChat's fields are strings: a number where one belongs makes the object malformed.
+        assert_eq!(outcome(&with("mchid", serde_json::json!(1230000109))).unwrap_err().reason(), "malformed");
+        assert_eq!(outcome(&with("payer", serde_json::json!("o1"))).unwrap_err().reason(), "malformed");
+        // `null` reads as absent.
+        let QueryOutcome::Paid(order) = outcome(&with("attach", Value::Null)).unwrap() else { panic!("not paid") };
+        assert_eq!(order.attach, Value::String(String::new()));
+        // Not an object, or an object that names a field twice.
+        let fields: Vec<Value> = queried_transaction("order-1", "SUCCESS").as_object().unwrap().values().cloned().collect();
+        assert_eq!(outcome(&Value::Array(fields).to_string()).unwrap_err().reason(), "malformed");
+        let twice = with("attach", Value::Null).replacen('{', r#"{"mchid":"1900000001","#, 1);
+        assert_eq!(outcome(&twice).unwrap_err().reason(), "malformed");
     }
 
     #[test]
