@@ -22,7 +22,8 @@
 # PERF_RECORD ("" ; e.g. "-g" or "--call-graph dwarf") records payhook with `perf record` during
 # its max run into the kept temp dir (the recording itself costs throughput: a profile, not a figure),
 # ONLY_PAYHOOK=1 stops after payhook's max run and prints one line (payhook_rps= p50_ms= p99_ms=
-# cpu_us_per_notification= redis_us_per_notification=): for comparing two builds, run by run.
+# cpu_us_per_notification= redis_us_per_notification= redis_command_us_per_notification=): for
+# comparing two builds, run by run.
 # CALLGRIND=1 runs payhook under valgrind's callgrind instead (wrk -t1 -c4 unless THREADS and
 # CONNECTIONS say otherwise; DURATION 20s) and prints `instructions_per_notification=`: the
 # instructions payhook executes per forwarded notification, all threads, counted after a warm-up.
@@ -471,7 +472,8 @@ echo
 echo "nginx proxy_pass: upstream keep-alive, as payhook (the ratio's baseline); defaults: nginx's own proxy_pass, a new backend connection per request (context)"
 echo "half load = fixed ${HALF_RATE}/s (payhook's max: ${R[payhook_rps]}/s), paced by wrk delay(); same -t$THREADS -c$CONNECTIONS"
 echo "payhook forwarded ${R[payhook_forwarded]} (max run) and ${R[half_payhook_forwarded]} (half load) notifications, $(( R[payhook_not_forwarded] + R[half_payhook_not_forwarded] )) not forwarded"
-echo "Redis (ledger) CPU, not counted above: $(redis_per payhook) us per notification (max run; $(redis_command_per payhook) us of it inside commands), peak RSS $(mib "$REDIS_HWM") MiB"
+echo "Redis (ledger) CPU, not counted above: $(redis_per payhook) us per notification (max run), peak RSS $(mib "$REDIS_HWM") MiB;" \
+    "time inside its commands: $(redis_command_per payhook) us (INFO commandstats: wall clock, so it counts Redis being preempted mid-command)"
 # Everything the bench ran (wrk, servers, Redis) per request: the ratio can be no better than the
 # nginx path's figure over payhook's, since both share the same cores.
 machine_us() { calc "\"%.1f\", ${R[${1}_bench_pct]} / 100 * $(nproc) * 1e6 / ${R[${1}_rps]}"; }
