@@ -103,5 +103,8 @@ mod tests {
             r#"{"out_trade_no":"o1","transaction_id":"t1","total_fee":1234,"type":"goods","status":1,"provider":"wxpay","mch_id":"m","appid":"a","openid":"u","pay_date":1000,"notify_date":2000,"notify_mode":1,"attach":{"k":1},"notify_info":{"b": 2, "a":"\u5546"},"user_id":"u9"}"#
         );
         assert_eq!(order_json(&paid, "goods", NotifyMode::Active, 2000, Some("[1]")), order_json(&paid, "goods", NotifyMode::Active, 2000, None));
+        // The names a registration may not take are exactly the order data's own.
+        let own: Map<String, Value> = serde_json::from_str(&order_json(&paid, "goods", NotifyMode::Active, 2000, None)).unwrap();
+        assert!(own.keys().eq(ORDER_FIELDS.iter()));
     }
 }
