@@ -82,11 +82,7 @@ impl NotifyInfo {
     /// Decoded text fields (an XML notification, a signed form).
     pub fn from_fields(fields: impl IntoIterator<Item = (String, String)>) -> NotifyInfo {
         let map: Map<String, Value> = fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
-        NotifyInfo::from_map(&map)
-    }
-
-    pub fn from_map(map: &Map<String, Value>) -> NotifyInfo {
-        NotifyInfo(serde_json::value::to_raw_value(map).expect("a JSON map serialises"))
+        NotifyInfo(serde_json::value::to_raw_value(&map).expect("a JSON map serialises"))
     }
 
     /// A JSON object's text as the provider sent (and signed or sealed) it: kept byte for byte
