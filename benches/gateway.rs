@@ -25,7 +25,7 @@ struct Run {
     non_success: usize,
 }
 
-async fn drive(addr: SocketAddr, path: &str, requests: Arc<Vec<(Vec<(String, String)>, String)>>, concurrency: usize) -> Run {
+async fn drive(addr: SocketAddr, path: &str, requests: Arc<Vec<(support::Headers, String)>>, concurrency: usize) -> Run {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -115,7 +115,7 @@ async fn bad_notifications_get_401_and_are_never_forwarded() {
         headers.iter().map(|(k, v)| (k.clone(), if k == name { value.to_string() } else { v.clone() })).collect()
     };
 
-    let cases: Vec<(&str, Vec<(String, String)>, String)> = vec![
+    let cases: Vec<(&str, Headers, String)> = vec![
         ("bad_signature", headers.clone(), body.replace("支付成功", "支付失败")),
         ("bad_signature", set("Wechatpay-Timestamp", &(now() + 1).to_string()), body.clone()),
         ("unknown_serial", set("Wechatpay-Serial", "PUB_KEY_ID_0000"), body.clone()),

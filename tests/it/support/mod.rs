@@ -20,6 +20,9 @@ use serde_json::Value;
 
 pub use self::http::{send, Canned, Received, Response, TestServer};
 
+/// An HTTP request's headers as (name, value) pairs, in order.
+pub type Headers = Vec<(String, String)>;
+
 pub const APIV3_KEY: &str = "0123456789abcdef0123456789abcdef";
 pub const NOTIFY_KEY: &str = "5fb2cd73c7b53918728417c50762e6d45fb2cd73c7b53918728417c50762e6d4";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -286,7 +289,7 @@ impl Payhook {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.signal("QUIT");
-        std::mem::replace(&mut self.child, Some(new)).expect("running")
+        self.child.replace(new).expect("running")
     }
 
     pub async fn restart(&mut self) {
