@@ -35,6 +35,8 @@
 # `half_load_syscalls_per_notification=` and the main calls per notification: the wake-up side of
 # the CPU (a third of it is the kernel's) that callgrind does not see. The counting itself costs
 # a little time per call, so that run's CPU figures read a few per cent high.
+# REDIS_FSYNC (off) runs the ledger's Redis with `appendonly yes` and that `appendfsync` (`always`,
+# the production setting docs/production.md asks for, or `everysec`); off: no persistence.
 # HALF_RATE (half of payhook's measured maximum) fixes the half-load run's rate: wake-ups per
 # notification grow as the rate falls, so two builds' half-load figures compare at one rate.
 set -euo pipefail
@@ -54,6 +56,7 @@ NICE=${NICE:-0}
 PERF_RECORD=${PERF_RECORD:-}
 ONLY_PAYHOOK=${ONLY_PAYHOOK:-0}
 SYSCALLS=${SYSCALLS:-0}
+REDIS_FSYNC=${REDIS_FSYNC:-off}
 # The calls a notification makes (provider, backend and Redis sockets, the log line, wake-ups).
 SYSCALL_NAMES=(recvfrom sendto writev write epoll_wait futex getpeername)
 [[ -z $PERF_RECORD ]] || KEEP_TMP=1
@@ -78,6 +81,11 @@ secs() { # 10s / 2m / 90 -> seconds
 }
 DUR_S=$(secs "$DURATION")
 [[ $DUR_S =~ ^[0-9]+$ && $DUR_S -ge 1 ]] || die "bad DURATION=$DURATION"
+case $REDIS_FSYNC in
+    off) REDIS_PERSIST=(--appendonly no); REDIS_DESC="no persistence" ;;
+    always|everysec) REDIS_PERSIST=(--appendonly yes --appendfsync "$REDIS_FSYNC"); REDIS_DESC="appendfsync $REDIS_FSYNC" ;;
+    *) die "REDIS_FSYNC must be off, everysec or always: $REDIS_FSYNC" ;;
+esac
 (( CONNECTIONS >= THREADS )) || die "CONNECTIONS must be >= THREADS"
 
 # ---------------------------------------------------------------- tools
@@ -177,7 +185,7 @@ UNDER=()
 # started again on another one.
 for try in 1 2 3 4 5; do
     REDIS_PORT=$(free_port)
-    "${N[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" \
+    "${N[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" "${REDIS_PERSIST[@]}" --dir "$TMP" \
         --logfile "$TMP/redis.log" &
     REDIS_PID=$!; PIDS+=("$REDIS_PID")
     if up "redis:$REDIS_PORT" "$REDIS_PID"; then break; fi
@@ -452,7 +460,7 @@ PEAK_RSS=$(mib "$PH_HWM")
 echo
 echo "payhook comparative benchmark: wrk -t$THREADS -c$CONNECTIONS -d${DUR_S}s, POST of pre-signed WeChat Pay v3 notifications (new order each)"
 echo "machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); load average ${LOAD_START} at start, ${LOAD_END} at end"
-echo "payhook: $PAYHOOK_BIN, threads=$PAYHOOK_THREADS, NICE=$NICE, PAYHOOK_LOG=$PAYHOOK_LOG, Redis ledger (redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), no persistence); nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), $NGINX_WORKERS workers"
+echo "payhook: $PAYHOOK_BIN, threads=$PAYHOOK_THREADS, NICE=$NICE, PAYHOOK_LOG=$PAYHOOK_LOG, Redis ledger (redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), $REDIS_DESC); nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), $NGINX_WORKERS workers"
 echo
 printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s %7s %7s\n' path req/s p50_ms p99_ms p999_ms non2xx errors cpu_us/req rss_mib bench% other% steal%
 row() { # name label cpu_pid_hwm
