@@ -27,8 +27,8 @@
 //! - [`telemetry`]: log lines (text or JSON) and optional OTLP spans.
 //! - [`server`]: assembles the pingora `Server` from a [`config::Config`].
 
-// The large enum variants (a paid order, a cipher's key schedule, a CLI command) are made once
-// per notification or per process and moved a few times; boxing them would add an allocation
+// The large enum variants (a paid order, a cipher's key schedule, the simulator's keys) are
+// made once per notification or per process and moved a few times; boxing them would add an allocation
 // on the hot path to save copies clippy cannot weigh.
 #![allow(clippy::large_enum_variant)]
 
