@@ -169,7 +169,7 @@ impl Alipay {
             openid,
             pay_date,
             attach,
-            notify_info: NotifyInfo::from_fields(fields.into_iter().filter(|(k, _)| !is_unsigned(k))),
+            notify_info: NotifyInfo::from_fields(fields.iter().filter(|(k, _)| !is_unsigned(k))),
             unparsed,
         }))
     }

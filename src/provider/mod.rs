@@ -79,10 +79,19 @@ impl PaidOrder {
 pub struct NotifyInfo(Box<RawValue>);
 
 impl NotifyInfo {
-    /// Decoded text fields (an XML notification, a signed form).
-    pub fn from_fields(fields: impl IntoIterator<Item = (String, String)>) -> NotifyInfo {
-        let map: Map<String, Value> = fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
-        NotifyInfo(serde_json::value::to_raw_value(&map).expect("a JSON map serialises"))
+    /// Decoded text fields (an XML notification, a signed form), each name once, in the order
+    /// given: written straight into JSON, without a map of `Value`s in between.
+    pub fn from_fields<'a, I>(fields: I) -> NotifyInfo
+    where
+        I: IntoIterator<Item = (&'a String, &'a String)> + Clone,
+    {
+        struct Fields<I>(I);
+        impl<'a, I: IntoIterator<Item = (&'a String, &'a String)> + Clone> serde::Serialize for Fields<I> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.clone())
+            }
+        }
+        NotifyInfo(serde_json::value::to_raw_value(&Fields(fields)).expect("text fields serialise"))
     }
 
     /// A JSON object's text as the provider sent (and signed or sealed) it: kept byte for byte

@@ -122,7 +122,7 @@ impl WechatV2 {
             pay_date,
             attach: parse_attach(&text("attach")),
             out_trade_no,
-            notify_info: NotifyInfo::from_fields(fields.into_iter().filter(|(k, _)| k != "sign")),
+            notify_info: NotifyInfo::from_fields(fields.iter().filter(|(k, _)| *k != "sign")),
             unparsed,
         }))
     }
@@ -473,7 +473,7 @@ mod tests {
             // 2014-09-03 13:15:40 +08:00
             pay_date: 1_409_721_340_000i64.into(),
             attach: serde_json::json!({ "user_id": "u1" }),
-            notify_info: NotifyInfo::from_fields(fields),
+            notify_info: NotifyInfo::from_fields(&fields),
             unparsed: Vec::new(),
         }
     }
@@ -485,6 +485,8 @@ mod tests {
         let Verified::Paid(order) = verify(&p, &body).unwrap() else { panic!("not paid") };
         assert_eq!(order, expected_paid(paid_fields()));
         assert!(!order.notify_info.to_map().contains_key("sign"));
+        // Byte for byte what serde_json writes for the signed fields as a map (escapes included).
+        assert_eq!(order.notify_info.json(), serde_json::to_string(&paid_fields()).unwrap());
     }
 
     #[test]
