@@ -24,7 +24,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 struct Sent {
     path: &'static str,
-    headers: Vec<(String, String)>,
+    headers: Headers,
     body: Vec<u8>,
 }
 

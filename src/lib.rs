@@ -28,8 +28,8 @@
 //! - [`server`]: assembles the pingora `Server` from a [`config::Config`].
 
 // The large enum variants (a paid order, a cipher's key schedule, the simulator's keys) are
-// made once per notification or per process and moved a few times; boxing them would add an allocation
-// on the hot path to save copies clippy cannot weigh.
+// made once per notification or per process and moved a few times; boxing them would add an
+// allocation on the hot path to save copies clippy cannot weigh.
 #![allow(clippy::large_enum_variant)]
 
 pub mod active;

@@ -111,7 +111,7 @@ async fn bad_notifications_get_401_and_are_never_forwarded() {
     let gw = Payhook::start(&config(&redis_ledger(REDIS), &backend.url("/pay/notify"), "")).await;
     let wx = WxV3::public_key_mode();
     let (headers, body) = wx.paid("order-bad", 100);
-    let set = |name: &str, value: &str| -> Vec<(String, String)> {
+    let set = |name: &str, value: &str| -> Headers {
         headers.iter().map(|(k, v)| (k.clone(), if k == name { value.to_string() } else { v.clone() })).collect()
     };
 

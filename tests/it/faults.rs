@@ -23,7 +23,7 @@ use crate::support::*;
 struct Notification {
     order: String,
     path: &'static str,
-    headers: Vec<(String, String)>,
+    headers: Headers,
     body: Vec<u8>,
     success: fn(&Response) -> bool,
 }

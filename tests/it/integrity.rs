@@ -113,7 +113,7 @@ async fn accounts_of_one_merchant_share_one_gate_and_a_rename_forgets_nothing() 
 }
 
 /// Sets `success_time` of a v3 transaction and signs it.
-fn v3_paid_at(out_trade_no: &str, success_time: &str) -> (Vec<(String, String)>, String) {
+fn v3_paid_at(out_trade_no: &str, success_time: &str) -> (Headers, String) {
     let wx = WxV3::public_key_mode();
     let mut tx = WxV3::transaction(out_trade_no, 900);
     tx["success_time"] = success_time.into();

@@ -27,7 +27,7 @@ async fn no_secret_or_decrypted_payload_in_logs_or_replies() {
     let v2 = WxV2::new();
     let ali = Alipay::with_key("alipay.key.pem");
 
-    let post = |path: &'static str, headers: Vec<(String, String)>, body: Vec<u8>| {
+    let post = |path: &'static str, headers: Headers, body: Vec<u8>| {
         let gw = &gw;
         async move { gw.post(path, &headers, &body).await.text() }
     };
@@ -42,7 +42,7 @@ async fn no_secret_or_decrypted_payload_in_logs_or_replies() {
     replies.push(post("/notify/wx/goods", h.clone(), tamper.into_bytes()).await);
     let stale = wx.headers(&b, now() - 3600);
     replies.push(post("/notify/wx/goods", stale, b.clone().into_bytes()).await);
-    let probe: Vec<(String, String)> =
+    let probe: Headers =
         h.iter().map(|(k, v)| (k.clone(), if k == "Wechatpay-Signature" { "WECHATPAY/SIGNTEST/x".into() } else { v.clone() })).collect();
     replies.push(post("/notify/wx/goods", probe, b.clone().into_bytes()).await);
     let stranger = WxV2 { api_key: "another-key-another-key-another!".into() };

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::Headers;
+
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
@@ -103,7 +105,7 @@ pub struct Received {
 pub struct Canned {
     pub status: u16,
     pub body: Vec<u8>,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub delay: Duration,
 }
 

@@ -422,7 +422,7 @@ impl WxV3 {
         .to_string()
     }
 
-    pub fn headers(&self, body: &str, timestamp: i64) -> Vec<(String, String)> {
+    pub fn headers(&self, body: &str, timestamp: i64) -> Headers {
         let nonce = "5K8264ILTKCH16CQ2502SI8ZNMTM67VS";
         let message = format!("{timestamp}\n{nonce}\n{body}\n");
         let mut sig = vec![0; self.key.public().modulus_len()];
@@ -438,7 +438,7 @@ impl WxV3 {
     }
 
     /// A complete signed notification of a paid order: (headers, body).
-    pub fn paid(&self, out_trade_no: &str, total: u64) -> (Vec<(String, String)>, String) {
+    pub fn paid(&self, out_trade_no: &str, total: u64) -> (Headers, String) {
         let body = self.body("TRANSACTION.SUCCESS", &Self::transaction(out_trade_no, total));
         (self.headers(&body, now()), body)
     }

@@ -7,6 +7,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use md5::{Digest, Md5};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
+use super::Headers;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 
 use super::fixture;
@@ -134,11 +136,11 @@ impl Alipay {
     }
 }
 
-pub fn form_headers() -> Vec<(String, String)> {
+pub fn form_headers() -> Headers {
     vec![("Content-Type".into(), "application/x-www-form-urlencoded; charset=utf-8".into())]
 }
 
-pub fn xml_headers() -> Vec<(String, String)> {
+pub fn xml_headers() -> Headers {
     vec![("Content-Type".into(), "text/xml".into())]
 }
 
