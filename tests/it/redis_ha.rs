@@ -1,6 +1,7 @@
-//! The Redis ledger beyond one plain Redis: TLS (private CA, client certificate), Sentinel
-//! failover and Cluster resharding + failover, each under traffic with exactly-once forwards.
-//! Every server here is a real `redis-server` started by the test on free ports.
+//! The Redis ledger beyond one plain Redis over TCP: TLS (private CA, client certificate), a Unix
+//! socket, and, under traffic with exactly-once forwards, Sentinel failover and Cluster
+//! resharding + failover. Every server here is a real `redis-server` started by the test on free
+//! ports (or a socket in a temp dir).
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -83,6 +84,41 @@ async fn rediss_with_a_private_ca_and_a_client_certificate() {
     let r = refused.post("/notify/wx/goods", &h, b.as_bytes()).await;
     assert_eq!((r.status, r.text()), (500, r#"{"code":"FAIL","message":"ledger_unavailable"}"#.to_string()));
     assert_eq!(http::get(refused.admin, "/readyz", &[]).await.status, 503);
+    assert_eq!(backend.count(), 1);
+}
+
+/// A Redis on payhook's own host, reachable only through a Unix socket (no TCP port at all).
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock").display().to_string();
+    let mut redis = Node::start(&[
+        "--port".into(), "0".into(), "--unixsocket".into(), socket.clone(), "--unixsocketperm".into(), "700".into(),
+        "--save".into(), "".into(), "--appendonly".into(), "no".into(),
+    ]);
+    let socket_cli = |args: &[&str]| {
+        let out = Command::new("redis-cli").args(["-s", &socket]).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    eventually(Duration::from_secs(10), "redis up", || socket_cli(&["PING"]) == "PONG").await;
+    let prefix = unique("uds");
+    let ledger = format!("[ledger]\nbackend = \"redis\"\nurl = \"redis+unix://{socket}\"\nkey_prefix = \"{prefix}:\"\ntimeout = \"300ms\"\n");
+    let backend = ok_backend().await;
+    let gw = Payhook::start(&config(&ledger, &backend.url("/pay"), "")).await;
+    let wx = WxV3::public_key_mode();
+    let (h, b) = wx.paid("uds-1", 100);
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    assert_eq!(backend.count(), 1, "deduped through the socket");
+    assert_eq!(socket_cli(&["HGET", &format!("{prefix}:wechat:1230000109:uds-1"), "state"]), "done");
+    assert_eq!(http::get(gw.admin, "/readyz", &[]).await.status, 200);
+
+    // Without its Redis, payhook fails closed as over TCP.
+    redis.kill();
+    let (h, b) = wx.paid("uds-2", 100);
+    let r = gw.post("/notify/wx/goods", &h, b.as_bytes()).await;
+    assert_eq!((r.status, r.text()), (500, r#"{"code":"FAIL","message":"ledger_unavailable"}"#.to_string()));
+    assert_eq!(http::get(gw.admin, "/readyz", &[]).await.status, 503);
     assert_eq!(backend.count(), 1);
 }
 
