@@ -37,6 +37,9 @@
 # a little time per call, so that run's CPU figures read a few per cent high.
 # REDIS_FSYNC (off) runs the ledger's Redis with `appendonly yes` and that `appendfsync` (`always`,
 # the production setting docs/production.md asks for, or `everysec`); off: no persistence.
+# REDIS_SOCKET (tcp) = unix puts the ledger's Redis on a Unix socket in the temp dir instead of a
+# loopback TCP port (payhook's `url = "redis+unix:///…"`): what a Redis on payhook's own host costs
+# without the TCP stack. The backend stays on TCP for every path.
 # HALF_RATE (half of payhook's measured maximum) fixes the half-load run's rate: wake-ups per
 # notification grow as the rate falls, so two builds' half-load figures compare at one rate.
 set -euo pipefail
@@ -57,6 +60,7 @@ PERF_RECORD=${PERF_RECORD:-}
 ONLY_PAYHOOK=${ONLY_PAYHOOK:-0}
 SYSCALLS=${SYSCALLS:-0}
 REDIS_FSYNC=${REDIS_FSYNC:-off}
+REDIS_SOCKET=${REDIS_SOCKET:-tcp}
 # The calls a notification makes (provider, backend and Redis sockets, the log line, wake-ups).
 SYSCALL_NAMES=(recvfrom sendto writev write epoll_wait futex getpeername)
 [[ -z $PERF_RECORD ]] || KEEP_TMP=1
@@ -86,6 +90,7 @@ case $REDIS_FSYNC in
     always|everysec) REDIS_PERSIST=(--appendonly yes --appendfsync "$REDIS_FSYNC"); REDIS_DESC="appendfsync $REDIS_FSYNC" ;;
     *) die "REDIS_FSYNC must be off, everysec or always: $REDIS_FSYNC" ;;
 esac
+[[ $REDIS_SOCKET == tcp || $REDIS_SOCKET == unix ]] || die "REDIS_SOCKET must be tcp or unix: $REDIS_SOCKET"
 (( CONNECTIONS >= THREADS )) || die "CONNECTIONS must be >= THREADS"
 
 # ---------------------------------------------------------------- tools
@@ -155,8 +160,8 @@ free_port() {
 up() {
     local _
     for _ in $(seq 1 400); do
-        if [[ $1 == redis:* ]]; then
-            redis-cli -p "${1#redis:}" ping >/dev/null 2>&1 && { sleep 0.2; kill -0 "$2" 2>/dev/null && return 0; }
+        if [[ $1 == redis ]]; then
+            redis-cli "${REDIS_CLI[@]}" ping >/dev/null 2>&1 && { sleep 0.2; kill -0 "$2" 2>/dev/null && return 0; }
         else
             curl -s -o /dev/null --max-time 1 "$1" && { sleep 0.2; kill -0 "$2" 2>/dev/null && return 0; }
         fi
@@ -166,10 +171,10 @@ up() {
     die "$1 did not answer within 20 s (see $TMP)"
 }
 
-REDIS_PORT="" BACKEND_PORT="" PROXY_PORT="" DEFAULT_PORT="" PH_PORT="" PH_ADMIN=""
+REDIS_URL="" REDIS_CLI=() BACKEND_PORT="" PROXY_PORT="" DEFAULT_PORT="" PH_PORT="" PH_ADMIN=""
 fill() { # template out: replace @KEY@ placeholders
     sed -e "s|@DIR@|$TMP|g" -e "s|@KEYS@|$KEYS|g" -e "s|@WORKERS@|$NGINX_WORKERS|g" \
-        -e "s|@THREADS@|$PAYHOOK_THREADS|g" -e "s|@REDIS_PORT@|$REDIS_PORT|g" \
+        -e "s|@THREADS@|$PAYHOOK_THREADS|g" -e "s|@REDIS_URL@|$REDIS_URL|g" \
         -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@LISTEN@|$PH_PORT|g" -e "s|@ADMIN@|$PH_ADMIN|g" \
         -e "s|@PORT@|${3:-}|g" -e "s|@USER@|$USER_LINE|g" "$1" >"$2"
 }
@@ -184,11 +189,18 @@ UNDER=()
 # Each server gets a free port; when another process takes it first, the server exits and is
 # started again on another one.
 for try in 1 2 3 4 5; do
-    REDIS_PORT=$(free_port)
-    "${N[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" "${REDIS_PERSIST[@]}" --dir "$TMP" \
+    if [[ $REDIS_SOCKET == unix ]]; then
+        REDIS_CLI=(-s "$TMP/redis.sock"); REDIS_URL="redis+unix://$TMP/redis.sock"
+        REDIS_LISTEN=(--port 0 --unixsocket "$TMP/redis.sock" --unixsocketperm 700)
+    else
+        REDIS_PORT=$(free_port)
+        REDIS_CLI=(-p "$REDIS_PORT"); REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+        REDIS_LISTEN=(--port "$REDIS_PORT" --bind 127.0.0.1)
+    fi
+    "${N[@]}" redis-server "${REDIS_LISTEN[@]}" --save "" "${REDIS_PERSIST[@]}" --dir "$TMP" \
         --logfile "$TMP/redis.log" &
     REDIS_PID=$!; PIDS+=("$REDIS_PID")
-    if up "redis:$REDIS_PORT" "$REDIS_PID"; then break; fi
+    if up redis "$REDIS_PID"; then break; fi
     (( try < 5 )) || die "redis-server did not start (see $TMP/redis.log)"
 done
 # start_nginx NAME: nginx with $COMPARE/nginx-NAME.conf on a free port; sets NGINX_PORT, NGINX_PID.
@@ -274,7 +286,7 @@ cpu_per() { calc "\"%.1f\", ${R[${1}_cpu_ticks]} * 1e6 / $CLK_TCK / $2"; }
 # NAME: Redis' CPU in that payhook run, in us per forwarded notification.
 redis_per() { calc "\"%.1f\", ${R[${1}_redis_ticks]} * 1e6 / $CLK_TCK / ${R[${1}_forwarded]}"; }
 # Microseconds Redis spent inside commands (its INFO commandstats), summed over all commands.
-redis_command_usec() { redis-cli -p "$REDIS_PORT" INFO commandstats | awk -F'[=,]' '/^cmdstat_/ { u += $4 } END { print u + 0 }'; }
+redis_command_usec() { redis-cli "${REDIS_CLI[@]}" INFO commandstats | awk -F'[=,]' '/^cmdstat_/ { u += $4 } END { print u + 0 }'; }
 redis_command_per() { calc "\"%.1f\", ${R[${1}_redis_usec]} / ${R[${1}_forwarded]}"; }
 # run NAME URL PATH FILE DURATION_S [RATE] [CPU_PID]: wrk, results into R[NAME_*].
 run() {
@@ -460,7 +472,7 @@ PEAK_RSS=$(mib "$PH_HWM")
 echo
 echo "payhook comparative benchmark: wrk -t$THREADS -c$CONNECTIONS -d${DUR_S}s, POST of pre-signed WeChat Pay v3 notifications (new order each)"
 echo "machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); load average ${LOAD_START} at start, ${LOAD_END} at end"
-echo "payhook: $PAYHOOK_BIN, threads=$PAYHOOK_THREADS, NICE=$NICE, PAYHOOK_LOG=$PAYHOOK_LOG, Redis ledger (redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), $REDIS_DESC); nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), $NGINX_WORKERS workers"
+echo "payhook: $PAYHOOK_BIN, threads=$PAYHOOK_THREADS, NICE=$NICE, PAYHOOK_LOG=$PAYHOOK_LOG, Redis ledger (redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), $REDIS_DESC, $REDIS_SOCKET); nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), $NGINX_WORKERS workers"
 echo
 printf '%-26s %9s %8s %8s %8s %8s %7s %11s %9s %7s %7s %7s\n' path req/s p50_ms p99_ms p999_ms non2xx errors cpu_us/req rss_mib bench% other% steal%
 row() { # name label cpu_pid_hwm
