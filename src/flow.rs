@@ -257,7 +257,8 @@ impl Gateway {
             out_trade_no = out_trade_no.as_deref().unwrap_or("-"),
             outcome = outcome.label(),
             reason = outcome.reason(),
-            latency_ms = started.elapsed().as_secs_f64() * 1e3,
+            // Whole microseconds, so the line reads 1.487, not 1.4873830000000001.
+            latency_ms = started.elapsed().as_micros() as f64 / 1e3,
             "notification decided"
         );
         Ok(Decision { reply: acct.provider.reply(outcome.answer(), outcome.reason()), outcome })
