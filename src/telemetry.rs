@@ -32,7 +32,8 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Option<Sdk
         // One object per line; the request's span (request_id) is in `span`.
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(std::io::stderr).boxed(),
         // Plain text, never colour codes: built with the `ansi` feature, tracing-subscriber styles
-        // every part of every line even with colours off, ~6 k instructions per notification.
+        // every part of every line even with colours off (~0.9 % of a notification's
+        // instructions). Control characters in values are still escaped (ansi_sanitization).
         LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr).boxed(),
     };
     let registry = tracing_subscriber::registry().with(logs.with_filter(filter));
