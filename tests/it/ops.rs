@@ -35,9 +35,9 @@ async fn json_logs_carry_one_request_id_which_the_backend_receives() {
     let decided = of_request.iter().find(|l| l["fields"]["message"] == "notification decided").expect("the decision line carries the request id");
     assert_eq!((decided["fields"]["out_trade_no"].as_str(), decided["fields"]["outcome"].as_str()), (Some("json-1"), Some("forwarded")));
     assert_eq!(decided["level"], "INFO");
-    let latency = decided["fields"]["latency_ms"].to_string();
-    let decimals = latency.split_once('.').map_or(0, |(_, d)| d.len());
-    assert!(decided["fields"]["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0) && decimals <= 3, "latency_ms in ms to the µs: {latency}");
+    let latency = &decided["fields"]["latency_ms"];
+    let decimals = latency.to_string().split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(latency.as_f64().is_some_and(|ms| ms > 0.0) && decimals <= 3, "latency_ms in ms to the µs: {latency}");
     assert!(lines.iter().any(|l| l["span"]["request_id"] == "lb-7f3a"));
 }
 

@@ -38,8 +38,7 @@ impl Drop for Node {
 }
 
 fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    redis_cli_to(&["-p", &port.to_string()], args)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,10 +95,7 @@ async fn redis_on_a_unix_socket() {
         "--port".into(), "0".into(), "--unixsocket".into(), socket.clone(), "--unixsocketperm".into(), "700".into(),
         "--save".into(), "".into(), "--appendonly".into(), "no".into(),
     ]);
-    let socket_cli = |args: &[&str]| {
-        let out = Command::new("redis-cli").args(["-s", &socket]).args(args).output().expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let socket_cli = |args: &[&str]| redis_cli_to(&["-s", &socket], args);
     eventually(Duration::from_secs(10), "redis up", || socket_cli(&["PING"]) == "PONG").await;
     let prefix = unique("uds");
     let ledger = format!("[ledger]\nbackend = \"redis\"\nurl = \"redis+unix://{socket}\"\nkey_prefix = \"{prefix}:\"\ntimeout = \"300ms\"\n");

@@ -119,7 +119,13 @@ pub fn key_prefix(config: &str) -> String {
 
 /// A command to the machine's Redis (127.0.0.1:6379) with redis-cli; its trimmed output.
 pub fn redis_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli").args(["-p", "6379"]).args(args).output().expect("redis-cli");
+    redis_cli_to(&["-p", "6379"], args)
+}
+
+/// A command with redis-cli to the server `to` names (`["-p", port]`, `["-s", socket]`); its
+/// trimmed output.
+pub fn redis_cli_to(to: &[&str], args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(to).args(args).output().expect("redis-cli");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -496,8 +502,7 @@ impl RedisServer {
 
     /// Runs a command with redis-cli (e.g. `CLIENT PAUSE 2000 ALL`).
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli").arg("-p").arg(self.port.to_string()).args(args).output().expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        redis_cli_to(&["-p", &self.port.to_string()], args)
     }
 
     pub fn stop(&mut self) {
