@@ -266,13 +266,26 @@ struct Form {
 
 impl Form {
     fn parse(body: &[u8]) -> Result<Form, ProviderError> {
-        let charset = body_charset(body)?;
-        let mut raw = BTreeMap::new();
+        let mut pairs = Vec::new();
         for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
             let (k, v) = split_pair(pair);
-            let key = decode_text(charset, &form_unescape(k))?;
+            pairs.push((field_name(form_unescape(k))?, form_unescape(v)));
+        }
+        let charset = match pairs.iter().find(|(k, _)| k == "charset") {
+            Some((_, label)) => charset(label)?,
+            None => UTF_8,
+        };
+        let mut raw = BTreeMap::new();
+        for (key, value) in pairs {
+            // Alipay signs the pairs joined by `&` with nothing escaped, so a value holding
+            // `&name=` signs the same bytes as two fields: a captured notification could be
+            // re-cut to hide a field (a refund) or change one. Refused: no field payhook has
+            // seen Alipay send carries that (`passback_params` arrives URL-encoded).
+            if holds_a_field(&value) {
+                return Err(ProviderError::Malformed("form: a value holds another field".into()));
+            }
             // A repeated key would make "the" value ambiguous between signature and use.
-            if raw.insert(key, form_unescape(v)).is_some() {
+            if raw.insert(key, value).is_some() {
                 return Err(ProviderError::Malformed("form: duplicate field".into()));
             }
         }
@@ -312,14 +325,32 @@ fn split_pair(pair: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// The body's own `charset` field (its key and value are ASCII, so it is found before decoding).
-fn body_charset(body: &[u8]) -> Result<&'static Encoding, ProviderError> {
-    let Some(label) = body.split(|&b| b == b'&').map(split_pair).find(|(k, _)| *k == b"charset").map(|(_, v)| form_unescape(v))
-    else {
-        return Ok(UTF_8);
-    };
+/// A decoded field name. Alipay's are ASCII identifiers; anything else (`=` or `&` above all,
+/// which would move the boundaries of the signed string) is refused.
+fn field_name(decoded: Vec<u8>) -> Result<String, ProviderError> {
+    if decoded.is_empty() || !decoded.iter().all(|&b| is_name_byte(b)) {
+        return Err(ProviderError::Malformed("form: field name is not an identifier".into()));
+    }
+    Ok(String::from_utf8(decoded).expect("ASCII"))
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Whether `value` contains `&name=`. The bytes `&` and `=` never occur inside a GBK
+/// character, so this holds for both charsets.
+fn holds_a_field(value: &[u8]) -> bool {
+    value.split(|&b| b == b'&').skip(1).any(|rest| {
+        let name = rest.iter().take_while(|&&b| is_name_byte(b)).count();
+        name > 0 && rest.get(name) == Some(&b'=')
+    })
+}
+
+/// The encoding a `charset` field names.
+fn charset(label: &[u8]) -> Result<&'static Encoding, ProviderError> {
     // WHATWG labels: `utf-8`/`utf8` → UTF-8, `gbk`/`gb2312` → GBK; Alipay sends nothing else.
-    match Encoding::for_label(&label) {
+    match Encoding::for_label(label) {
         Some(enc) if enc == UTF_8 || enc == GBK => Ok(enc),
         _ => Err(ProviderError::Malformed("form: unsupported charset".into())),
     }
@@ -479,11 +510,12 @@ mod tests {
         provider(&format!("app_id = \"2019073166072302\"\nseller_id = \"2088531891668739\"\nalipay_public_key = {spki:?}")).unwrap()
     }
 
-    /// A form body with every key and value encoded in `charset`, as Alipay sends it.
+    /// A form body with every value encoded in `charset`, as Alipay sends it; names are escaped
+    /// too, so that a name holding `=` or `&` stays one name.
     fn form_body(fields: &BTreeMap<String, String>, charset: &'static Encoding) -> Vec<u8> {
         fields
             .iter()
-            .map(|(k, v)| format!("{k}={}", percent_encode(&charset.encode(v).0, NON_ALPHANUMERIC)))
+            .map(|(k, v)| format!("{}={}", percent_encode(k.as_bytes(), NON_ALPHANUMERIC), percent_encode(&charset.encode(v).0, NON_ALPHANUMERIC)))
             .collect::<Vec<_>>()
             .join("&")
             .into_bytes()
@@ -606,6 +638,61 @@ mod tests {
         assert_eq!(Form::parse(b"a=1&a=2").err().unwrap().reason(), "malformed");
         assert_eq!(Form::parse(b"a=1&charset=latin1").err().unwrap().reason(), "malformed");
         assert_eq!(Form::parse(b"a=1&charset=GB2312").unwrap().charset, GBK);
+    }
+
+    /// Alipay's signed string joins the pairs with nothing escaped, so a captured notification
+    /// can be re-cut into other pairs that sign the same bytes. Each re-cut here would verify:
+    /// it must be refused before the signature is trusted.
+    #[test]
+    fn forms_re_cut_to_sign_the_same_bytes_are_refused() {
+        let p = test_key_provider();
+        let mut refund = test_fields();
+        refund.insert("refund_fee".into(), "0.50".into());
+        refund.insert("gmt_refund".into(), "2026-01-03 00:00:00.000".into());
+        sign_with_test_key(&mut refund, UTF_8);
+        // The refund's two fields hidden inside the fields sorted before them.
+        let mut hidden = refund.clone();
+        let gmt_refund = hidden.remove("gmt_refund").unwrap();
+        let refund_fee = hidden.remove("refund_fee").unwrap();
+        *hidden.get_mut("gmt_payment").unwrap() += &format!("&gmt_refund={gmt_refund}");
+        *hidden.get_mut("out_trade_no").unwrap() += &format!("&refund_fee={refund_fee}");
+        assert_eq!(signing_string(&hidden), signing_string(&refund));
+        let err = verify(&p, &form_body(&hidden, UTF_8)).unwrap_err();
+        assert_eq!((err.reason(), err.to_string().contains("a value holds another field")), ("malformed", true), "{err}");
+
+        // A buyer-chosen subject that reads like a field, re-cut through a field name holding `=`
+        // and `&`: the genuine form and the re-cut one are both refused.
+        let mut genuine = test_fields();
+        genuine.insert("subject".into(), "x&total_amount=999".into());
+        sign_with_test_key(&mut genuine, UTF_8);
+        assert_eq!(verify(&p, &form_body(&genuine, UTF_8)).unwrap_err().reason(), "malformed");
+        let mut re_cut = genuine.clone();
+        re_cut.insert("subject".into(), "x".into());
+        let paid = re_cut.insert("total_amount".into(), "999".into()).unwrap();
+        let trade_no = re_cut.remove("trade_no").unwrap();
+        re_cut.insert(format!("total_amount={paid}&trade_no"), trade_no);
+        assert_eq!(signing_string(&re_cut), signing_string(&genuine));
+        let err = verify(&p, &form_body(&re_cut, UTF_8)).unwrap_err();
+        assert_eq!((err.reason(), err.to_string().contains("field name is not an identifier")), ("malformed", true), "{err}");
+
+        // Text that merely contains `&` is no field and still verifies.
+        let mut ampersand = test_fields();
+        ampersand.insert("subject".into(), "Tom & Jerry &=".into());
+        sign_with_test_key(&mut ampersand, UTF_8);
+        assert!(matches!(verify(&p, &form_body(&ampersand, UTF_8)), Ok(Verified::Paid(_))));
+    }
+
+    /// Field names are read decoded, `charset` too: an escaped name cannot make payhook read a
+    /// GBK body as UTF-8.
+    #[test]
+    fn an_escaped_charset_name_still_names_the_charset() {
+        let mut fields = test_fields();
+        fields.insert("charset".into(), "gbk".into());
+        fields.insert("subject".into(), "测试商品".into());
+        sign_with_test_key(&mut fields, GBK);
+        let body = String::from_utf8(form_body(&fields, GBK)).unwrap().replace("charset=gbk", "%63harset=gbk");
+        let Verified::Paid(order) = verify(&test_key_provider(), body.as_bytes()).unwrap() else { panic!("not paid") };
+        assert_eq!(order.notify_info.to_map()["subject"], "测试商品");
     }
 
     #[test]
