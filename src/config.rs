@@ -396,10 +396,13 @@ impl Config {
     }
 
     pub fn parse(text: &str, dir: &ConfigDir) -> Result<Config, ConfigError> {
-        let mut tree: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let mut tree: toml::Table = text.parse().map_err(|e| syntax_error(text, &e))?;
         expand_table(&mut tree, "", dir)?;
-        let raw = RawConfig::deserialize(toml::Value::Table(tree))
-            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = without_values(e.inner().message());
+            if key == "." { ConfigError::Syntax(message) } else { ConfigError::Invalid { key, message } }
+        })?;
         let mut config = build(raw, dir)?;
         config.files_read = dir.read.take();
         Ok(config)
@@ -737,6 +740,31 @@ fn expand_env(key: &str, text: &str) -> Result<String, ConfigError> {
     Ok(out)
 }
 
+/// A TOML error told without the config's text: toml's own message quotes the offending line,
+/// and serde's the offending value, either of which may be a secret (a key left twice during a
+/// rotation, a missing quote, a token given where a table belongs).
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = without_values(e.message()).replace('\n', "; ");
+    let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
+        return ConfigError::Syntax(message);
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    ConfigError::Syntax(format!("line {line}, column {column}: {message}"))
+}
+
+/// serde's "invalid type: string \"…\", expected …" and the like, without the value.
+fn without_values(message: &str) -> String {
+    for marker in ["invalid type: ", "invalid value: ", "unknown variant "] {
+        let Some(at) = message.find(marker) else { continue };
+        let rest = &message[at + marker.len()..];
+        let kind = rest.split([' ', ',', '`', '"']).next().unwrap_or_default();
+        let expected = rest.rfind(", expected").map_or("", |i| &rest[i..]);
+        return format!("{}{}{expected}", &message[..at], format!("{marker}{kind}").trim_end());
+    }
+    message.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,5 +787,22 @@ mod tests {
         let mut missing: toml::Table = "[r]\nnotify_key_file = \"nope.txt\"\n".parse().unwrap();
         let err = expand_table(&mut missing, "", &ConfigDir::new(dir.path())).unwrap_err();
         assert!(err.to_string().starts_with("`r.notify_key_file`: cannot read"), "{err}");
+    }
+
+    /// Regression: toml's message printed the offending line, and serde's the offending value.
+    #[test]
+    fn syntax_errors_name_the_place_never_the_value() {
+        let dir = ConfigDir::new(".");
+        let error = |text: &str| Config::parse(text, &dir).err().expect("refused").to_string();
+        let twice = "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_token = \"s3cr3t-old\"\nadmin_token = \"s3cr3t-new\"\n";
+        assert_eq!(error(twice), "config is not valid TOML: line 4, column 1: duplicate key `admin_token` in table `server`");
+        let unclosed = "[server]\nadmin_token = \"s3cr3t-token\n";
+        assert_eq!(error(unclosed), "config is not valid TOML: line 2, column 28: invalid basic string");
+        let misplaced = "[server]\nadmin_tokens = \"s3cr3t-token\"\n";
+        assert_eq!(error(misplaced), "`server.admin_tokens`: invalid type: string, expected a map");
+        let number = "[server]\nadmin_token = 123456789\n";
+        assert_eq!(error(number), "`server.admin_token`: invalid type: integer, expected a string");
+        let variant = "[server]\nlog_format = \"s3cr3t\"\n";
+        assert_eq!(error(variant), "`server.log_format`: unknown variant, expected `text` or `json`");
     }
 }
