@@ -453,6 +453,7 @@ impl Ledger for Embedded {
         self.update(key, move |current, now| {
             let mut stored = current.unwrap_or_else(|| Stored::new(now));
             let r = &stored.record;
+            let want = if stored.forced && r.order_type.is_some() { r.order_type.clone() } else { want.clone() };
             // The same decisions, in the same order, as the Redis ledger's claim script.
             match r.state {
                 OrderState::Dismissed => return (None, Claim::Dismissed),

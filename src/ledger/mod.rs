@@ -301,9 +301,10 @@ pub trait Ledger: Send + Sync {
     /// Holds a paid order that disagrees with its registration; false when the order is
     /// already done, in flight, quarantined or dismissed (nothing changed).
     async fn quarantine(&self, key: &PaymentId, info: &QuarantineInfo) -> Result<bool, LedgerError>;
-    /// An operator's decision on a quarantined order: `Some(order data)` after `forward` (the
-    /// next claim under `order_type` skips the registration checks), `Some("")` after
-    /// `dismiss`, `None` when the order is not quarantined.
+    /// An operator's decision on a quarantined order: `Some(order data)` after `forward` (until
+    /// the order is done, every claim skips the registration checks and owns it under
+    /// `forward_as`, whatever type it names), `Some("")` after `dismiss`, `None` when the order
+    /// is not quarantined.
     async fn resolve(&self, key: &PaymentId, forward_as: Option<&str>) -> Result<Option<String>, LedgerError>;
     /// The sweep gave up on a registered, unpaid order (state `closed`).
     async fn close(&self, key: &PaymentId) -> Result<bool, LedgerError>;
@@ -505,7 +506,13 @@ pub(crate) mod contract {
         assert_eq!(rec.quarantine.unwrap(), info);
         assert_eq!(ledger.resolve(&r2, Some("goods")).await.unwrap().as_deref(), Some(r#"{"out_trade_no":"r-2"}"#));
         let o = owned(ledger.claim(&r2, claim(Some("goods"), 1)).await.unwrap());
+        // The backend fails; the provider retries under the URL's type, which the operator did
+        // not choose: the operator's type holds until the order is done.
+        assert!(ledger.release(&r2, &o.lease, "backend_5xx").await.unwrap());
+        let o = owned(ledger.claim(&r2, claim(Some("vip"), 1)).await.unwrap());
+        assert_eq!(o.order_type, "goods");
         assert!(ledger.complete(&r2, &o.lease, "{}").await.unwrap());
+        assert_eq!(ledger.record(&r2).await.unwrap().unwrap().order_type.as_deref(), Some("goods"));
         assert_eq!(ledger.resolve(&r2, Some("goods")).await.unwrap(), None, "only a quarantined order resolves");
 
         // Dismissed: acknowledged, never forwarded.

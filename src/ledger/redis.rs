@@ -29,6 +29,8 @@ const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 100
 const CLAIM: &str = r#"
 local r = redis.call('HMGET', KEYS[1], 'state', 'type', 'lease_until', 'registered', 'total_fee', 'forced', 'q_reason', 'fields', 'attempts', 'first_seen')
 local state, rtype, registered, want = r[1], r[2], r[4] == '1', ARGV[5]
+-- An operator's `resolve forward` pins the type: a provider retry under the URL's type goes there.
+if r[6] == '1' and rtype then want = rtype end
 if state == 'dismissed' then return {'dismissed'} end
 if state == 'quarantined' then return {'quarantined', r[7] or ''} end
 if state == 'done' then

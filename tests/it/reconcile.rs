@@ -218,6 +218,41 @@ async fn mismatches_are_quarantined_listed_and_resolved_by_an_operator() {
     assert_eq!((status, goods.count()), (200, 2));
 }
 
+/// Regression: after an operator's `resolve forward` as `goods` met a failing backend, the
+/// provider's next retry (its notify URL still names `vip`) was delivered to `vip`, the type the
+/// operator had turned down. The operator's type now holds until the order is done.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resolved_order_keeps_the_operators_type_when_its_backend_fails() {
+    let (goods, goods_answer) = switchable_backend(Canned::json(200, r#"{"code":1,"msg":"db down"}"#)).await;
+    let vip = ok_backend().await;
+    let api = ProviderApi::start().await;
+    let extra = format!("{}[reconcile]\nenabled = false\n", vip_route(&vip.url("/vip")));
+    let gw = Payhook::start(&gateway_config(&redis_ledger(REDIS), &goods.url("/goods"), &api, &extra)).await;
+    let wx = WxV3::public_key_mode();
+    let order = unique("q-pinned");
+    register(&gw, "wx", &order, json!({"type": "goods", "total_fee": 500})).await;
+    let (h, b) = wx.paid(&order, 500);
+    let r = gw.post("/notify/wx/vip", &h, b.as_bytes()).await;
+    assert_eq!((r.status, r.text()), (500, r#"{"code":"FAIL","message":"type_mismatch"}"#.to_string()));
+
+    let path = format!("/v1/orders/wx/{order}/resolve");
+    let (status, body) = admin(&gw, "POST", &path, r#"{"action":"forward","type":"goods"}"#).await;
+    assert_eq!((status, body), (200, json!({"action": "forward", "user_order_success": false, "reason": "rejected"})));
+    assert_eq!(goods.count(), 1);
+
+    // The provider retries under the URL it was given: the order goes to goods, never to vip.
+    *goods_answer.lock().unwrap() = Canned::json(200, r#"{"code":0}"#);
+    let r = gw.post("/notify/wx/vip", &h, b.as_bytes()).await;
+    assert_eq!((r.status, r.text()), (204, String::new()));
+    assert_eq!((goods.count(), vip.count()), (2, 0));
+    let delivered = open_ecb(&goods.requests()[1].body, NOTIFY_KEY);
+    assert_eq!((delivered["out_trade_no"].as_str(), delivered["type"].as_str()), (Some(order.as_str()), Some("goods")));
+    let (_, record) = admin(&gw, "GET", &format!("/v1/orders/wx/{order}"), "").await;
+    assert_eq!((record["state"].as_str(), record["type"].as_str()), (Some("done"), Some("goods")));
+    assert_eq!(gw.post("/notify/wx/vip", &h, b.as_bytes()).await.status, 500, "done under goods: a vip notification is a type conflict");
+    assert_eq!((goods.count(), vip.count()), (2, 0));
+}
+
 /// The operators' list is written after the record; losing that write (a crash between the two,
 /// here the list deleted by hand) must not hide a held payment: the provider's retry lists it again.
 #[tokio::test(flavor = "multi_thread")]
