@@ -437,50 +437,38 @@ impl Ledger for RedisLedger {
     }
 
     async fn complete(&self, key: &PaymentId, lease: &Lease, order_data: &str) -> Result<bool, LedgerError> {
-        bounded(self.timeout, async {
-            let mut conn = self.conn().await?;
-            let n: i64 = self
-                .complete
-                .key(self.key(key))
-                .key(self.data_key(key))
-                .arg(&lease.token)
-                .arg(order_data)
-                .arg(self.done_ttl_ms)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            Ok(n == 1)
-        })
-        .await
+        let n: i64 = self
+            .with_conn(|mut conn| async move {
+                self.complete
+                    .key(self.key(key))
+                    .key(self.data_key(key))
+                    .arg(&lease.token)
+                    .arg(order_data)
+                    .arg(self.done_ttl_ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(n == 1)
     }
 
     async fn release(&self, key: &PaymentId, lease: &Lease, reason: &str) -> Result<bool, LedgerError> {
-        bounded(self.timeout, async {
-            let mut conn = self.conn().await?;
-            let n: i64 =
-                self.release.key(self.key(key)).arg(&lease.token).arg(reason).invoke_async(&mut conn).await.map_err(unavailable)?;
-            Ok(n == 1)
-        })
-        .await
+        let n: i64 = self
+            .with_conn(|mut conn| async move { self.release.key(self.key(key)).arg(&lease.token).arg(reason).invoke_async(&mut conn).await })
+            .await?;
+        Ok(n == 1)
     }
 
     async fn record(&self, key: &PaymentId) -> Result<Option<OrderRecord>, LedgerError> {
-        bounded(self.timeout, async {
-            let mut conn = self.conn().await?;
-            let (fields, data): (HashMap<String, String>, Option<String>) =
-                redis::pipe().hgetall(self.key(key)).get(self.data_key(key)).query_async(&mut conn).await.map_err(unavailable)?;
-            Ok(to_record(fields, data))
-        })
-        .await
+        let (fields, data): (HashMap<String, String>, Option<String>) = self
+            .with_conn(|mut conn| async move { redis::pipe().hgetall(self.key(key)).get(self.data_key(key)).query_async(&mut conn).await })
+            .await?;
+        Ok(to_record(fields, data))
     }
 
     async fn note_replay(&self, key: &PaymentId, result: &str) -> Result<(), LedgerError> {
-        bounded(self.timeout, async {
-            let mut conn = self.conn().await?;
-            let _: i64 = self.replay.key(self.key(key)).arg(result).invoke_async(&mut conn).await.map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        let _: i64 = self.with_conn(|mut conn| async move { self.replay.key(self.key(key)).arg(result).invoke_async(&mut conn).await }).await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {

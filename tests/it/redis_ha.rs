@@ -205,58 +205,110 @@ async fn exactly_once(name: &str, provider: Provider, backend: &TestServer, fail
     without_ledger
 }
 
+/// A master, its replica and three sentinels monitoring them as `pm`.
+struct Sentinels {
+    master: Node,
+    _replica: Node,
+    _sentinels: Vec<Node>,
+    replica_port: u16,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinels {
+    async fn start() -> Sentinels {
+        let dir = tempfile::tempdir().unwrap();
+        let (master_port, replica_port) = (free_port(), free_port());
+        let plain = |port: u16| vec!["--port".into(), port.to_string(), "--bind".into(), "127.0.0.1".into(), "--save".into(), "".into()];
+        let master = Node::start(&plain(master_port));
+        let mut replica_args = plain(replica_port);
+        replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), master_port.to_string()]);
+        let replica = Node::start(&replica_args);
+        let mut sentinels = Vec::new();
+        let mut ports = Vec::new();
+        for n in 0..3 {
+            let port = free_port();
+            let conf = dir.path().join(format!("sentinel-{n}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor pm 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds pm 1000\nsentinel failover-timeout pm 4000\nsentinel parallel-syncs pm 1\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            sentinels.push(Node::start(&[conf.display().to_string(), "--sentinel".into()]));
+            ports.push(port);
+        }
+        eventually(Duration::from_secs(20), "replica in sync", || cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up")).await;
+        eventually(Duration::from_secs(30), "sentinels know the replica and each other", || {
+            ports.iter().all(|p| {
+                cli(*p, &["SENTINEL", "replicas", "pm"]).contains(&replica_port.to_string()) && cli(*p, &["SENTINEL", "sentinels", "pm"]).lines().filter(|l| *l == "name").count() == 2
+            })
+        })
+        .await;
+        Sentinels { master, _replica: replica, _sentinels: sentinels, replica_port, ports, _dir: dir }
+    }
+
+    /// The `[ledger]` section of a payhook using these sentinels, keys under `prefix`.
+    fn ledger(&self, prefix: &str) -> String {
+        let urls: Vec<String> = self.ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
+        format!("[ledger]\nbackend = \"redis-sentinel\"\nsentinels = [{}]\nmaster_name = \"pm\"\nkey_prefix = \"{prefix}:\"\ntimeout = \"300ms\"\n", urls.join(", "))
+    }
+
+    /// Waits until the sentinels name the replica as master.
+    async fn replica_promoted(&self) {
+        eventually(Duration::from_secs(30), "a new master", || cli(self.ports[0], &["SENTINEL", "get-master-addr-by-name", "pm"]).contains(&self.replica_port.to_string()))
+            .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sentinel_failover_under_traffic_forwards_each_order_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (master_port, replica_port) = (free_port(), free_port());
-    let plain = |port: u16| vec!["--port".into(), port.to_string(), "--bind".into(), "127.0.0.1".into(), "--save".into(), "".into()];
-    let mut master = Node::start(&plain(master_port));
-    let mut replica_args = plain(replica_port);
-    replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), master_port.to_string()]);
-    let _replica = Node::start(&replica_args);
-    let mut sentinels = Vec::new();
-    let mut sentinel_ports = Vec::new();
-    for n in 0..3 {
-        let port = free_port();
-        let conf = dir.path().join(format!("sentinel-{n}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor pm 127.0.0.1 {master_port} 2\n\
-                 sentinel down-after-milliseconds pm 1000\nsentinel failover-timeout pm 4000\nsentinel parallel-syncs pm 1\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        sentinels.push(Node::start(&[conf.display().to_string(), "--sentinel".into()]));
-        sentinel_ports.push(port);
-    }
-    eventually(Duration::from_secs(20), "replica in sync", || cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up")).await;
-    eventually(Duration::from_secs(30), "sentinels know the replica and each other", || {
-        sentinel_ports.iter().all(|p| {
-            cli(*p, &["SENTINEL", "replicas", "pm"]).contains(&replica_port.to_string()) && cli(*p, &["SENTINEL", "sentinels", "pm"]).lines().filter(|l| *l == "name").count() == 2
-        })
-    })
-    .await;
-
-    let urls: Vec<String> = sentinel_ports.iter().map(|p| format!("\"redis://127.0.0.1:{p}\"")).collect();
-    let ledger = format!(
-        "[ledger]\nbackend = \"redis-sentinel\"\nsentinels = [{}]\nmaster_name = \"pm\"\nkey_prefix = \"{}:\"\ntimeout = \"300ms\"\n",
-        urls.join(", "),
-        unique("sentinel")
-    );
+    let mut redis = Sentinels::start().await;
     let backend = ok_backend().await;
-    let a = Payhook::start(&config(&ledger, &backend.url("/pay"), "")).await;
+    let a = Payhook::start(&config(&redis.ledger(&unique("sentinel")), &backend.url("/pay"), "")).await;
     let b = a.sibling().await;
     let provider = Provider::start(vec![a.addr, b.addr], 4, &unique("sent"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed = Instant::now();
-    master.kill();
-    eventually(Duration::from_secs(30), "a new master", || cli(sentinel_ports[0], &["SENTINEL", "get-master-addr-by-name", "pm"]).contains(&replica_port.to_string())).await;
+    redis.master.kill();
+    redis.replica_promoted().await;
     let failover = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let without_ledger = exactly_once("sentinel failover", provider, &backend, failover).await;
     assert!(without_ledger < Duration::from_secs(15), "{without_ledger:?} without a ledger");
+}
+
+/// Regression: settling (complete, release) reused the connection to the old master after an
+/// error, so an order claimed before a failover and accepted by the backend after it was never
+/// marked done on the new master unless other traffic happened to look the master up again.
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinel_failover_between_claim_and_completion_settles_on_the_new_master() {
+    let mut redis = Sentinels::start().await;
+    let slow = Canned { delay: Duration::from_millis(3500), ..Canned::json(200, r#"{"code":0}"#) };
+    let backend = TestServer::start(Arc::new(move |_| slow.clone())).await;
+    let prefix = unique("quiet");
+    // Time for a failover while the backend holds the order: 3.7 s of a 4.5 s budget.
+    let cfg = config(&redis.ledger(&prefix), &backend.url("/pay"), "").replace("reply_budget = \"3s\"", "reply_budget = \"4.5s\"");
+    let gw = Payhook::start(&cfg.replace("timeout = \"1s\"", "timeout = \"3.7s\"")).await;
+    let (h, b) = WxV3::public_key_mode().paid("quiet-1", 100);
+    let (addr, hs): (_, Vec<(String, String)>) = (gw.addr, h.clone());
+    let notification = tokio::spawn(async move {
+        let hs: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        http::send(addr, "POST", "/notify/wx/goods", &hs, b.as_bytes()).await.unwrap()
+    });
+    let record = format!("{prefix}:wechat:1230000109:quiet-1");
+    eventually(Duration::from_secs(3), "the claim replicated", || cli(redis.replica_port, &["HGET", &record, "state"]) == "in_flight").await;
+    let killed = Instant::now();
+    redis.master.kill();
+    redis.replica_promoted().await;
+    assert!(killed.elapsed() < Duration::from_secs(3), "promoted before the backend answers ({:?})", killed.elapsed());
+    let reply = notification.await.unwrap();
+    assert_eq!(reply.status, 204);
+    assert_eq!(cli(redis.replica_port, &["HGET", &record, "state"]), "done", "the record on the new master");
+    assert_eq!(backend.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
