@@ -339,7 +339,9 @@ impl Gateway {
                 metrics::PAYMENT_TO_DELIVERY.with_label_values(&[account, source.label()]).observe(seconds);
             }
             if owned.registered {
-                self.forget_pending(account, &key).await;
+                // Delivered and done: the lists are housekeeping (the sweep drops what it finds
+                // settled), so a slow ledger here must not turn the provider's reply into a failure.
+                let _ = timeout_at(deadline, self.forget_pending(account, &key)).await;
             }
         }
         delivery
