@@ -172,7 +172,7 @@ impl Gateway {
         let header_refs: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let reply = self
             .forwarder()
-            .exchange_at(request.endpoint, request.method, &request.path, &header_refs, request.body.clone(), QUERY_TIMEOUT)
+            .query(request.endpoint, request.method, &request.path, &header_refs, request.body.clone(), QUERY_TIMEOUT)
             .await;
         metrics::PROVIDER_QUERY_DURATION.with_label_values(&[account]).observe(started.elapsed().as_secs_f64());
         let reply = reply.map_err(|e: ForwardError| {

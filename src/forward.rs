@@ -5,6 +5,7 @@
 //! A backend call succeeds only when the reply is 2xx and its JSON body has `"code": 0` as a
 //! number; every other ending is a typed [`ForwardError`] whose `reason()` is a metric label.
 
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -228,14 +229,22 @@ pub struct HttpReply {
 
 /// The shared outbound client; one per process so connection pools are shared.
 pub struct Forwarder {
-    transport: TransportConnector,
+    /// Backends: `upstream_ca_file`'s CAs when set (pingora then trusts them instead of the
+    /// system's roots), else the system's.
+    backends: TransportConnector,
+    /// Provider APIs: always the system's roots, so a private CA for the backends cannot cut
+    /// off the order queries that recover lost notifications.
+    providers: TransportConnector,
 }
 
 impl Forwarder {
     pub fn new(ca_file: Option<String>) -> Self {
-        let mut options = ConnectorOptions::new(128);
-        options.ca_file = ca_file;
-        Forwarder { transport: TransportConnector::new(Some(options)) }
+        let connector = |ca_file| {
+            let mut options = ConnectorOptions::new(128);
+            options.ca_file = ca_file;
+            TransportConnector::new(Some(options))
+        };
+        Forwarder { backends: connector(ca_file), providers: connector(None) }
     }
 
     /// POSTs an order envelope; Ok only on 2xx with `{"code":0}`.
@@ -257,7 +266,7 @@ impl Forwarder {
         backend_code(&reply.body)
     }
 
-    /// One request/response to the endpoint's own path, bounded by `timeout` as a whole.
+    /// One request/response to a backend's own path, bounded by `timeout` as a whole.
     pub async fn exchange(
         &self,
         backend: &Backend,
@@ -266,28 +275,30 @@ impl Forwarder {
         body: Bytes,
         timeout: Duration,
     ) -> Result<HttpReply, ForwardError> {
-        self.exchange_at(backend, method, &backend.path, headers, body, timeout).await
+        Self::bounded(timeout, Self::exchange_unbounded(&self.backends, backend, method, &backend.path, headers, body)).await
     }
 
-    /// One request/response to `path` on the endpoint (provider APIs: one path per order).
-    pub async fn exchange_at(
+    /// One request/response to `path` on a provider's API (one path per order).
+    pub async fn query(
         &self,
-        backend: &Backend,
+        api: &Backend,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
         timeout: Duration,
     ) -> Result<HttpReply, ForwardError> {
+        Self::bounded(timeout, Self::exchange_unbounded(&self.providers, api, method, path, headers, body)).await
+    }
+
+    async fn bounded(timeout: Duration, exchange: impl Future<Output = Result<HttpReply, ForwardError>>) -> Result<HttpReply, ForwardError> {
         // Boxed: every future awaiting a forward would otherwise carry (and copy, as it is wrapped)
         // the exchange's state, up to the request future pingora boxes for each notification.
-        tokio::time::timeout(timeout, Box::pin(self.exchange_unbounded(backend, method, path, headers, body)))
-            .await
-            .unwrap_or(Err(ForwardError::Timeout))
+        tokio::time::timeout(timeout, Box::pin(exchange)).await.unwrap_or(Err(ForwardError::Timeout))
     }
 
     async fn exchange_unbounded(
-        &self,
+        transport: &TransportConnector,
         backend: &Backend,
         method: &str,
         path: &str,
@@ -314,7 +325,7 @@ impl Forwarder {
         wire.extend_from_slice(&body);
 
         let peers = backend.peers().await?;
-        let (mut stream, peer) = self.stream_to(&peers).await?;
+        let (mut stream, peer) = Self::stream_to(transport, &peers).await?;
         let write_failed = |e: std::io::Error| ForwardError::Io(e.to_string());
         stream.write_all(&wire).await.map_err(write_failed)?;
         stream.flush().await.map_err(write_failed)?;
@@ -332,7 +343,7 @@ impl Forwarder {
         }
         session.respect_keepalive();
         if let Some(stream) = session.reuse().await {
-            self.transport.release_stream(stream, peer.reuse_hash(), Some(IDLE_TIMEOUT));
+            transport.release_stream(stream, peer.reuse_hash(), Some(IDLE_TIMEOUT));
         }
         Ok(HttpReply { status, headers, body: buf.freeze() })
     }
@@ -340,15 +351,15 @@ impl Forwarder {
     /// A pooled connection to any of the addresses, else a new one to the first that accepts.
     /// The connect future (TCP and TLS handshakes, ~8 KiB) is made, boxed, only when no pooled
     /// connection is left, so the usual exchange's state is ~2 KiB rather than ~10 KiB.
-    async fn stream_to<'p>(&self, peers: &'p [HttpPeer]) -> Result<(Stream, &'p HttpPeer), ForwardError> {
+    async fn stream_to<'p>(transport: &TransportConnector, peers: &'p [HttpPeer]) -> Result<(Stream, &'p HttpPeer), ForwardError> {
         for peer in peers {
-            if let Some(stream) = self.transport.reused_stream(peer).await {
+            if let Some(stream) = transport.reused_stream(peer).await {
                 return Ok((stream, peer));
             }
         }
         let mut last_error = String::new();
         for peer in peers {
-            match Box::pin(self.transport.new_stream(peer)).await {
+            match Box::pin(transport.new_stream(peer)).await {
                 Ok(stream) => return Ok((stream, peer)),
                 Err(e) => last_error = e.to_string(),
             }

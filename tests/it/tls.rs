@@ -1,6 +1,7 @@
 //! HTTPS on the notify listener: a certificate from a private CA, `payhook simulate --ca-file`,
 //! a client with another CA refused, the certificate swapped on SIGHUP while a keep-alive
-//! connection goes on, a bad file on SIGHUP kept out, and `check`'s refusals and warning.
+//! connection goes on, a bad file on SIGHUP kept out, and `check`'s refusals and warning; and
+//! outbound HTTPS: backends under `upstream_ca_file`, provider APIs under the system's roots.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use std::time::{Duration, Instant};
 use pingora::tls::{CertificateDer, ClientConfig, RootCertStore, ServerName, TlsConnector};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::support::certs::{issue, make_ca};
+use crate::support::certs::{issue, make_ca, tls_front};
+use crate::support::provider_api::ProviderApi;
 use crate::support::*;
 
 fn pem_der(file: &Path) -> Vec<u8> {
@@ -149,4 +151,38 @@ async fn https_notify_listener_with_a_private_ca_swapped_on_sighup() {
     let (ok, err) = check(&cfg.replace("listener.key", "first.key"));
     assert!(!ok && err.contains("`server.tls_key_file`: the private key does not match the certificate"), "{err}");
     assert!(!err.contains("PRIVATE KEY"), "{err}");
+}
+
+/// Regression: `upstream_ca_file` replaced the system's roots for every outbound call, so the
+/// provider order queries (sync, the sweep) failed against the providers' public certificates.
+/// Here the "system" is `SSL_CERT_FILE` naming a second private CA, which the provider API's
+/// certificate comes from; the backend's comes from `upstream_ca_file`'s CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_ca_for_backends_leaves_provider_queries_the_system_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "backend-ca");
+    issue(d, "backend-ca", "backend", "IP:127.0.0.1");
+    make_ca(d, "system-ca");
+    issue(d, "system-ca", "provider", "IP:127.0.0.1");
+    let backend = ok_backend().await;
+    let backend_tls = tls_front(d, "backend", backend.addr).await;
+    let api = ProviderApi::start().await;
+    let api_tls = tls_front(d, "provider", api.server.addr).await;
+
+    let query = api.wechat_v3_keys("/wx3").replace(&format!("http://{}", api.server.addr), &format!("https://{api_tls}"));
+    let cfg = config(&embedded_ledger(), &format!("https://{backend_tls}/pay"), "")
+        .replace("grace_period = \"0s\"", &format!("grace_period = \"0s\"\nupstream_ca_file = \"{}\"", d.join("backend-ca.pem").display()))
+        .replace("timestamp_tolerance = \"5m\"\n", &format!("timestamp_tolerance = \"5m\"\n{query}"));
+    assert!(cfg.contains(&format!("https://{api_tls}/wx3")), "{cfg}");
+    let gw = Payhook::start_with_env(&cfg, &[("SSL_CERT_FILE", &d.join("system-ca.pem").display().to_string())]).await;
+
+    api.paid("tls-sync-1", 700);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let r = http::send(gw.admin, "POST", "/v1/orders/wx/tls-sync-1/sync", &[("Authorization", &auth)], br#"{"type":"goods","await_notify_ms":0}"#)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, r#"{"paid":true,"state":"done","forwarded":true,"user_order_success":true}"#.to_string()));
+    assert_eq!((api.count(), backend.count()), (1, 1), "one query over HTTPS, one forward over HTTPS");
+    assert_eq!(open_ecb(&backend.requests()[0].body, NOTIFY_KEY)["total_fee"], 700);
 }

@@ -144,19 +144,26 @@ pub struct Payhook {
     child: Option<Child>,
     /// `PAYHOOK_LOG` for the child; `None` follows `PAYHOOK_TEST_LOG` (default info).
     log_level: Option<&'static str>,
+    /// More environment for the child.
+    env: Vec<(String, String)>,
 }
 
 impl Payhook {
     /// Starts payhook logging at `level` (e.g. `debug`).
     pub async fn start_logging(config_template: &str, level: &'static str) -> Payhook {
-        Self::start_with(config_template, Some(level)).await
+        Self::start_with(config_template, Some(level), Vec::new()).await
     }
 
     pub async fn start(config_template: &str) -> Payhook {
-        Self::start_with(config_template, None).await
+        Self::start_with(config_template, None, Vec::new()).await
     }
 
-    async fn start_with(config_template: &str, log_level: Option<&'static str>) -> Payhook {
+    /// Starts payhook with these environment variables set (e.g. `SSL_CERT_FILE`).
+    pub async fn start_with_env(config_template: &str, env: &[(&str, &str)]) -> Payhook {
+        Self::start_with(config_template, None, env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).await
+    }
+
+    async fn start_with(config_template: &str, log_level: Option<&'static str>, env: Vec<(String, String)>) -> Payhook {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin_port) = (free_port(), free_port());
         let text = config_template
@@ -171,6 +178,7 @@ impl Payhook {
             config_text: text,
             child: None,
             log_level,
+            env,
         };
         p.spawn().await;
         p
@@ -178,7 +186,7 @@ impl Payhook {
 
     /// A second instance of the same template (same shared ledger), on its own ports and directory.
     pub async fn sibling(&self) -> Payhook {
-        Self::start_with(&self.template, self.log_level).await
+        Self::start_with(&self.template, self.log_level, self.env.clone()).await
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -200,6 +208,7 @@ impl Payhook {
         if let Some(level) = self.log_level {
             cmd.env("PAYHOOK_LOG", level);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .args(["run", "--config"])
             .arg(self.config_path())
@@ -281,6 +290,7 @@ impl Payhook {
         if let Some(level) = self.log_level {
             cmd.env("PAYHOOK_LOG", level);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let new = cmd
             .args(["run", "--upgrade", "--config"])
             .arg(self.config_path())
