@@ -522,6 +522,11 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
         _ => return Err(ConfigError::invalid("server.tls_cert_file", "tls_cert_file and tls_key_file go together")),
     }
 
+    // The Redis ledger puts each order's record and data keys in one Cluster slot with its own
+    // hash tag (`{prefix+id}:data`); a brace in the prefix would move the tag and split them.
+    if raw.ledger.key_prefix.contains(['{', '}']) {
+        return Err(ConfigError::invalid("ledger.key_prefix", "must not contain { or }: payhook tags its keys for Redis Cluster itself"));
+    }
     let ledger = LedgerSettings {
         backend: ledger_backend,
         key_prefix: raw.ledger.key_prefix,
@@ -787,6 +792,18 @@ mod tests {
         let mut missing: toml::Table = "[r]\nnotify_key_file = \"nope.txt\"\n".parse().unwrap();
         let err = expand_table(&mut missing, "", &ConfigDir::new(dir.path())).unwrap_err();
         assert!(err.to_string().starts_with("`r.notify_key_file`: cannot read"), "{err}");
+    }
+
+    /// Regression: `{payhook}:` (the usual Cluster advice) split an order's record and data
+    /// keys across slots, and every completion failed with CROSSSLOT.
+    #[test]
+    fn a_key_prefix_with_a_hash_tag_is_refused() {
+        let example = std::fs::read_to_string("conf/payhook.toml").unwrap();
+        let dir = ConfigDir::new("conf");
+        assert!(Config::parse(&example.replace("[ledger]\n", "[ledger]\nkey_prefix = \"pay:\"\n"), &dir).is_ok());
+        let tagged = example.replace("[ledger]\n", "[ledger]\nkey_prefix = \"{payhook}:\"\n");
+        let err = Config::parse(&tagged, &dir).err().expect("refused").to_string();
+        assert_eq!(err, "`ledger.key_prefix`: must not contain { or }: payhook tags its keys for Redis Cluster itself");
     }
 
     /// Regression: toml's message printed the offending line, and serde's the offending value.
