@@ -25,7 +25,7 @@ use crate::config::ReconcileSettings;
 use crate::context::{Kind, RequestContext};
 use crate::flow::{Delivery, Gateway, ResolveError};
 use crate::ledger::{Index, OrderRecord, OrderState, Registered};
-use crate::reconcile::{OrderRegistration, MAX_FIELDS};
+use crate::reconcile::{OrderRegistration, MAX_EXPIRES_IN, MAX_FIELDS};
 use crate::metrics;
 
 /// A registration's `fields` may take 4 KiB; the rest of the body fits in the remainder.
@@ -350,7 +350,12 @@ fn parse_registration(body: &[u8]) -> Result<OrderRegistration, String> {
     let body: Body = serde_json::from_slice(body).map_err(|e| format!("body is not a registration: {e}"))?;
     let total_fee = body.total_fee.as_u64().filter(|fee| *fee > 0).ok_or("total_fee must be an integer number of fen above 0")?;
     let expires_in = match body.expires_in {
-        Some(text) => Some(humantime::parse_duration(&text).map_err(|_| format!("expires_in {text:?} is not a duration such as \"2h\""))?),
+        Some(text) => match humantime::parse_duration(&text) {
+            Err(_) => return Err(format!("expires_in {text:?} is not a duration such as \"2h\"")),
+            Ok(d) if d.is_zero() => return Err("expires_in must be above 0".into()),
+            Ok(d) if d > MAX_EXPIRES_IN => return Err("expires_in must be at most 400d".into()),
+            Ok(d) => Some(d),
+        },
         None => None,
     };
     let fields = match body.fields {

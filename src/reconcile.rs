@@ -37,6 +37,9 @@ pub struct OrderRegistration {
 
 /// The largest `fields` object accepted, serialised.
 pub const MAX_FIELDS: usize = 4096;
+/// The longest `expires_in` accepted: the default dedupe horizon, far beyond any provider's
+/// order lifetime (Alipay's longest is 15 days), and far from overflowing a millisecond clock.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(400 * 86_400);
 
 impl Gateway {
     /// Registers an order before payment and schedules the sweep's first query.
@@ -47,7 +50,7 @@ impl Gateway {
             account: acct.name.clone(),
             order_type: order.order_type,
             total_fee: order.total_fee,
-            expires_at_ms: now + millis(order.expires_in.unwrap_or(settings.give_up_after)),
+            expires_at_ms: now.saturating_add(millis(order.expires_in.unwrap_or(settings.give_up_after))),
             fields: order.fields,
         };
         let outcome = self.ledger().register(&key, &registration).await?;
@@ -60,7 +63,7 @@ impl Gateway {
             } else {
                 self.ledger().index_add(Index::Pending, &acct.name, &key, now).await?;
             }
-            self.ledger().index_put(Index::Due, &acct.name, &key, now + millis(settings.first_check)).await?;
+            self.ledger().index_put(Index::Due, &acct.name, &key, now.saturating_add(millis(settings.first_check))).await?;
         }
         Ok(outcome)
     }
@@ -172,7 +175,7 @@ impl Sweep {
         let now = now_ms();
         let doublings = checks.saturating_sub(1).min(20) as u32;
         let wait = self.settings.interval.saturating_mul(2u32.saturating_pow(doublings)).min(self.settings.max_interval);
-        let mut due = now + millis(wait);
+        let mut due = now.saturating_add(millis(wait));
         if let Some(expiry) = expires_at_ms.filter(|at| *at > now) {
             due = due.min(expiry);
         }

@@ -331,6 +331,10 @@ async fn registration_is_idempotent_validated_and_listed_and_can_be_required() {
         (json!({"type": "goods", "total_fee": 1, "fields": [1]}), "fields must be a JSON object"),
         (json!({"type": "goods", "total_fee": 1, "fields": {"big": big}}), "fields must be at most 4096 bytes"),
         (json!({"type": "goods", "total_fee": 1, "expires_in": "soon"}), "expires_in"),
+        // Regression: past ~292 million years the expiry overflowed (a panic in debug builds).
+        (json!({"type": "goods", "total_fee": 1, "expires_in": "300000000y"}), "expires_in must be at most 400d"),
+        (json!({"type": "goods", "total_fee": 1, "expires_in": "401d"}), "expires_in must be at most 400d"),
+        (json!({"type": "goods", "total_fee": 1, "expires_in": "0s"}), "expires_in must be above 0"),
         (json!({"type": "goods", "total_fee": 1, "colour": "red"}), "unknown field"),
         (json!({"total_fee": 1}), "type"),
         (json!({"type": "nope", "total_fee": 1}), "not a configured route"),
