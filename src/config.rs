@@ -21,6 +21,9 @@ use crate::forward::Backend;
 use crate::provider::{self, Provider};
 use crate::secret::Secret;
 
+/// The shortest `notify_key` accepted in any envelope mode (aes-256-ecb needs 32 bytes anyway).
+const MIN_NOTIFY_KEY: usize = 16;
+
 /// Secret-bearing keys that may also be given as `<key>_file` (the file's content, trimmed).
 const SECRET_KEYS: &[&str] = &["apiv3_key", "api_key", "notify_key", "admin_token"];
 
@@ -571,6 +574,11 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
             ));
         }
         let backend = Backend::parse(&route.backend).map_err(|e| ConfigError::invalid(format!("{key}.backend"), e))?;
+        // aes192 and key mode take a key of any length, an empty one too (an unset variable's
+        // `${VAR:-}`, an empty file): the backend would then accept envelopes anyone can make.
+        if route.notify_key.expose().chars().count() < MIN_NOTIFY_KEY {
+            return Err(ConfigError::invalid(format!("{key}.notify_key"), format!("must be at least {MIN_NOTIFY_KEY} characters (vk advises 64)")));
+        }
         let envelope = Envelope::new(route.envelope, route.notify_key)
             .map_err(|e| ConfigError::invalid(format!("{key}.notify_key"), e))?;
         routes.insert(name.clone(), Route { name, backend, envelope, timeout: route.timeout });

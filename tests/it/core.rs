@@ -278,6 +278,18 @@ async fn check_names_the_broken_key_and_never_the_secret() {
     let out = payhook_command().args(["check", "--config"]).arg(&path).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("routes.goods.notify_key") && !err.contains("short-key"), "{err}");
+
+    // Regression: aes192 and key mode took any key, an empty one too.
+    for (envelope, key) in [("aes192", ""), ("aes192", "short-key"), ("key", "fifteen-chars15")] {
+        std::fs::write(&path, good.replace("envelope = \"aes-256-ecb\"", &format!("envelope = \"{envelope}\"")).replace("${PAYHOOK_TEST_NOTIFY_KEY}", key)).unwrap();
+        let out = payhook_command().args(["check", "--config"]).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("`routes.goods.notify_key`: must be at least 16 characters"), "{envelope}: {err}");
+        assert!(key.is_empty() || !err.contains(key), "{err}");
+    }
+    std::fs::write(&path, good.replace("envelope = \"aes-256-ecb\"", "envelope = \"aes192\"").replace("${PAYHOOK_TEST_NOTIFY_KEY}", "sixteen-chars-16")).unwrap();
+    let out = payhook_command().args(["check", "--config"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
