@@ -369,6 +369,8 @@ impl Forwarder {
 }
 
 /// `{"code":0}` (the number) is the only success; vk-uni-pay's method three uses this contract.
+/// The number as JavaScript sees it (`res.data.code === 0`): `0.0` and `0e0` are 0 too, as a
+/// backend that writes the code as a double sends it.
 fn backend_code(body: &[u8]) -> Result<(), ForwardError> {
     #[derive(serde::Deserialize)]
     struct CodeOnly {
@@ -376,7 +378,7 @@ fn backend_code(body: &[u8]) -> Result<(), ForwardError> {
     }
     let reply: CodeOnly = serde_json::from_slice(body).map_err(|_| ForwardError::BadReply)?;
     match &reply.code {
-        serde_json::Value::Number(n) if n.as_i64() == Some(0) || n.as_u64() == Some(0) => Ok(()),
+        serde_json::Value::Number(n) if n.as_f64() == Some(0.0) => Ok(()),
         serde_json::Value::Number(n) => Err(ForwardError::Rejected(n.to_string())),
         _ => Err(ForwardError::BadReply),
     }
@@ -393,6 +395,10 @@ mod tests {
         assert_eq!(backend_code(br#"{"code":1}"#).unwrap_err().reason(), "rejected");
         assert_eq!(backend_code(br#"{"code":"0"}"#).unwrap_err().reason(), "bad_reply");
         assert_eq!(backend_code(br#"{"code":0.5}"#).unwrap_err().reason(), "rejected");
+        assert_eq!(backend_code(br#"{"code":1e-300}"#).unwrap_err().reason(), "rejected");
+        for zero in [r#"{"code":0.0}"#, r#"{"code":0e0}"#, r#"{"code":-0}"#] {
+            assert!(backend_code(zero.as_bytes()).is_ok(), "{zero}");
+        }
         assert_eq!(backend_code(b"success").unwrap_err().reason(), "bad_reply");
         assert_eq!(backend_code(b"").unwrap_err().reason(), "bad_reply");
     }
