@@ -335,7 +335,8 @@ impl Gateway {
         let delivery = self.forward_and_settle(&key, &owned.lease, &owned.order_type, stored, deadline).await;
         if delivery == Delivery::Forwarded {
             if let Some(paid_at) = paid.pay_date.as_i64() {
-                let seconds = (now_ms - paid_at).max(0) as f64 / 1e3;
+                // Now, after the backend's code 0 (`now_ms` was taken before the claim).
+                let seconds = (chrono::Utc::now().timestamp_millis() - paid_at).max(0) as f64 / 1e3;
                 metrics::PAYMENT_TO_DELIVERY.with_label_values(&[account, source.label()]).observe(seconds);
             }
             if owned.registered {
