@@ -411,6 +411,12 @@ impl Config {
         Ok(config)
     }
 
+    /// This file's accounts and routes under other server and ledger settings: on a reload, the
+    /// ones in force, which the new file cannot change.
+    pub fn check_fits(&self, server: &ServerSettings, ledger: &LedgerSettings) -> Result<(), ConfigError> {
+        check_budgets(server, ledger, &self.accounts, &self.routes)
+    }
+
     /// The files read from a `demo/` folder: keys published with payhook, fit for loopback only.
     pub fn demo_files(&self) -> Vec<&Path> {
         self.files_read.iter().filter(|path| path.components().any(|c| c.as_os_str() == "demo")).map(PathBuf::as_path).collect()
@@ -548,12 +554,6 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
             Some(_) => return Err(ConfigError::invalid(format!("accounts.{name}.require_registration"), "must be true or false")),
         };
         let provider = provider::build(&name, table, dir)?;
-        if let Some(limit) = provider.reply_timeout().filter(|limit| server.reply_budget >= *limit) {
-            return Err(ConfigError::invalid(
-                "server.reply_budget",
-                format!("must be below {}'s own reply timeout ({}) for account {name}", provider.kind(), humantime::format_duration(limit)),
-            ));
-        }
         accounts.insert(name.clone(), Account { name, provider, require_registration });
     }
     if accounts.is_empty() {
@@ -566,12 +566,6 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
         check_segment(&key, &name)?;
         if route.timeout.is_zero() {
             return Err(ConfigError::invalid(format!("{key}.timeout"), "must be above 0"));
-        }
-        if route.timeout >= server.reply_budget {
-            return Err(ConfigError::invalid(
-                format!("{key}.timeout"),
-                "must be shorter than server.reply_budget, or the provider hears nothing",
-            ));
         }
         let backend = Backend::parse(&route.backend).map_err(|e| ConfigError::invalid(format!("{key}.backend"), e))?;
         // aes192 and key mode take a key of any length, an empty one too (an unset variable's
@@ -586,13 +580,7 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
     if routes.is_empty() {
         return Err(ConfigError::invalid("routes", "at least one route (payment type) is required"));
     }
-    let longest_lease = routes.values().map(|r| r.timeout + LEASE_MARGIN).max().unwrap_or(LEASE_MARGIN);
-    if ledger.done_ttl < longest_lease {
-        return Err(ConfigError::invalid(
-            "ledger.done_ttl",
-            format!("must outlive the longest lease (route timeout + {}s)", LEASE_MARGIN.as_secs()),
-        ));
-    }
+    check_budgets(&server, &ledger, &accounts, &routes)?;
     let r = raw.reconcile;
     let can_query = accounts.values().any(|a| a.provider.can_query());
     if r.enabled == Some(true) && !can_query {
@@ -631,6 +619,39 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
 const MIN_DEDUPE_HORIZON: Duration = Duration::from_secs(30 * 86400);
 /// What the reply budget must leave the backend after the claim and the settle reserve.
 const MIN_FORWARD_TIME: Duration = Duration::from_secs(1);
+
+/// The accounts and routes against the reply budget and the ledger's retention: those of the
+/// same file, or on a reload the ones in force (a reload cannot change them).
+fn check_budgets(server: &ServerSettings, ledger: &LedgerSettings, accounts: &HashMap<String, Account>, routes: &HashMap<String, Route>) -> Result<(), ConfigError> {
+    let mut accounts: Vec<&Account> = accounts.values().collect();
+    accounts.sort_by(|a, b| a.name.cmp(&b.name));
+    for account in accounts {
+        if let Some(limit) = account.provider.reply_timeout().filter(|limit| server.reply_budget >= *limit) {
+            return Err(ConfigError::invalid(
+                "server.reply_budget",
+                format!("must be below {}'s own reply timeout ({}) for account {}", account.provider.kind(), humantime::format_duration(limit), account.name),
+            ));
+        }
+    }
+    let mut routes: Vec<&Route> = routes.values().collect();
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
+    for route in &routes {
+        if route.timeout >= server.reply_budget {
+            return Err(ConfigError::invalid(
+                format!("routes.{}.timeout", route.name),
+                "must be shorter than server.reply_budget, or the provider hears nothing",
+            ));
+        }
+    }
+    let longest_lease = routes.iter().map(|r| r.timeout + LEASE_MARGIN).max().unwrap_or(LEASE_MARGIN);
+    if ledger.done_ttl < longest_lease {
+        return Err(ConfigError::invalid(
+            "ledger.done_ttl",
+            format!("must outlive the longest lease (route timeout + {}s)", LEASE_MARGIN.as_secs()),
+        ));
+    }
+    Ok(())
+}
 
 /// The ledger settings that would switch the gate off or let settling outrun the reply budget.
 fn check_ledger_timing(ledger: &LedgerSettings, reply_budget: Duration) -> Result<(), ConfigError> {

@@ -93,6 +93,10 @@ impl BackgroundService for Reloader {
             // Reading files and resolving backend hosts blocks: keep it off the runtime's workers.
             match tokio::task::spawn_blocking(move || Config::load(&path)).await {
                 Ok(Ok(config)) => {
+                    if let Err(e) = config.check_fits(&self.server, &self.ledger) {
+                        tracing::error!(error = %e, "reload refused: the new accounts or routes do not fit the settings in force until a restart; keeping the running configuration");
+                        continue;
+                    }
                     for key in restart_only_changes(&self.server, &self.ledger, &self.reconcile, &config) {
                         tracing::warn!(key, "changed in the config, but takes effect only after a restart or graceful upgrade");
                     }

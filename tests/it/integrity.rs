@@ -347,6 +347,22 @@ async fn sighup_rotates_admin_tokens_and_names_what_needs_a_restart() {
     let warning = logs.lines().find(|l| l.contains("WARN") && l.contains("takes effect only after a restart")).expect("restart-only warning");
     assert!(warning.contains("server.reply_budget"), "{warning}");
     assert!(!logs.contains(LEAKED) && !logs.contains(FRESH), "tokens never reach the log");
+
+    // Regression: a file whose routes fit only its own, larger budget was installed, and its
+    // route timeout ran past the budget in force (3 s) until a restart. Now it is refused whole.
+    const THIRD: &str = "third-token-0123456789";
+    let too_slow = gw.config_text().replace(FRESH, THIRD).replace("reply_budget = \"2.8s\"", "reply_budget = \"4.5s\"").replace("timeout = \"1s\"", "timeout = \"4s\"");
+    gw.write_config(&too_slow);
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.logs().contains("reload refused") {
+        assert!(Instant::now() < deadline, "no refusal:\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refusal = gw.logs().lines().find(|l| l.contains("reload refused")).unwrap().to_string();
+    assert!(refusal.contains("routes.goods.timeout") && refusal.contains("ERROR"), "{refusal}");
+    assert_eq!(admin(&gw, THIRD, "GET", "/v1/orders/wx/o-1", "").await.0, 401, "nothing of the refused file applies");
+    assert_eq!(admin(&gw, FRESH, "GET", "/v1/orders/wx/o-1", "").await.0, 200);
 }
 
 /// Maps `host` in /etc/hosts (root only) for the life of the guard.
