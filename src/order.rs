@@ -66,10 +66,11 @@ pub fn order_json(paid: &PaidOrder, order_type: &str, mode: NotifyMode, notify_d
 }
 
 /// The members of a registration's `fields` that may join the order data: not one of vk's
-/// fields, which payhook derives from the provider. Not an object: none.
+/// fields, which payhook derives from the provider, nor `key`, where the `key` envelope puts the
+/// notify key (the backend would see two). Not an object: none.
 pub fn registration_fields(fields: Option<&str>) -> Map<String, Value> {
     let Some(Ok(Value::Object(mut extra))) = fields.map(serde_json::from_str::<Value>) else { return Map::new() };
-    extra.retain(|name, _| !ORDER_FIELDS.contains(&name.as_str()));
+    extra.retain(|name, _| name != "key" && !ORDER_FIELDS.contains(&name.as_str()));
     extra
 }
 
@@ -97,7 +98,7 @@ mod tests {
             r#"{"out_trade_no":"o1","transaction_id":"t1","total_fee":1234,"type":"goods","status":1,"provider":"wxpay","mch_id":"m","appid":"a","openid":"u","pay_date":1000,"notify_date":2000,"notify_mode":0,"attach":{"k":1},"notify_info":{"b": 2, "a":"\u5546"}}"#
         );
         // A registration's fields follow, never over one of vk's.
-        let fields = r#"{"user_id":"u9","total_fee":1,"type":"vip","notify_info":null}"#;
+        let fields = r#"{"user_id":"u9","total_fee":1,"type":"vip","notify_info":null,"key":"k"}"#;
         assert_eq!(
             order_json(&paid, "goods", NotifyMode::Notification, 2000, Some(fields)),
             r#"{"out_trade_no":"o1","transaction_id":"t1","total_fee":1234,"type":"goods","status":1,"provider":"wxpay","mch_id":"m","appid":"a","openid":"u","pay_date":1000,"notify_date":2000,"notify_mode":1,"attach":{"k":1},"notify_info":{"b": 2, "a":"\u5546"},"user_id":"u9"}"#
