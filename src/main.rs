@@ -281,7 +281,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         order.out_trade_no,
         order.total_fee,
         if args.tamper { " (tampered after signing)" } else { "" },
-        args.to
+        target.url()
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let forwarder = Forwarder::new(args.ca_file.as_ref().map(|p| p.display().to_string()));
@@ -291,7 +291,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         let body = bytes::Bytes::from(notification.body.clone());
         let reply = runtime
             .block_on(forwarder.exchange(&target, "POST", &headers, body, SIMULATE_TIMEOUT))
-            .with_context(|| format!("POST {}", args.to))?;
+            .with_context(|| format!("POST {}", target.url()))?;
         let success = simulator.is_success(reply.status, &reply.body);
         failures += u32::from(!success);
         println!(
