@@ -97,3 +97,14 @@ async fn no_secret_or_decrypted_payload_in_logs_or_replies() {
         }
     }
 }
+
+/// Regression: `payhook simulate` printed `--to` as given, credentials and query included.
+#[test]
+fn simulate_masks_the_targets_credentials_and_query() {
+    let to = format!("http://user:s3cr3t-pw@127.0.0.1:{}/notify/wx/goods?token=s3cr3t-q", free_port());
+    let out = payhook_command().args(["simulate", "--provider", "wechat-v3", "--out-trade-no", "m1", "--total-fee", "1", "--to", &to]).output().unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "nothing listens there: {printed}");
+    assert!(printed.contains("-> http://***@127.0.0.1:") && printed.contains("?token=***"), "{printed}");
+    assert!(!printed.contains("s3cr3t"), "{printed}");
+}
