@@ -568,8 +568,8 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
             return Err(ConfigError::invalid(format!("{key}.timeout"), "must be above 0"));
         }
         let backend = Backend::parse(&route.backend).map_err(|e| ConfigError::invalid(format!("{key}.backend"), e))?;
-        // aes192 and key mode take a key of any length, an empty one too (an unset variable's
-        // `${VAR:-}`, an empty file): the backend would then accept envelopes anyone can make.
+        // aes192 and key mode take a key of any length, an empty one too (a variable set to
+        // nothing, an empty file): the backend would then accept envelopes anyone can make.
         if route.notify_key.expose().chars().count() < MIN_NOTIFY_KEY {
             return Err(ConfigError::invalid(format!("{key}.notify_key"), format!("must be at least {MIN_NOTIFY_KEY} characters (vk advises 64)")));
         }
