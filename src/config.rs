@@ -417,6 +417,13 @@ impl Config {
         check_budgets(server, ledger, &self.accounts, &self.routes)
     }
 
+    /// The routes whose notify key is vk-uni-pay's published default, sorted.
+    pub fn routes_with_published_keys(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.routes.values().filter(|r| r.envelope.key_is_published()).map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The files read from a `demo/` folder: keys published with payhook, fit for loopback only.
     pub fn demo_files(&self) -> Vec<&Path> {
         self.files_read.iter().filter(|path| path.components().any(|c| c.as_os_str() == "demo")).map(PathBuf::as_path).collect()

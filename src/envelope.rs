@@ -48,6 +48,10 @@ pub enum EnvelopeError {
     KeyMismatch,
 }
 
+/// The default `notifyKey` printed in vk-uni-pay's and uni-pay's docs (any case): public, so a
+/// backend sharing it accepts envelopes anyone can seal.
+const VK_PUBLISHED_KEY: &str = "5fb2cd73c7b53918728417c50762e6d45fb2cd73c7b53918728417c50762e6d4";
+
 /// A route's envelope: mode plus the derived key material, computed once.
 #[derive(Clone)]
 pub struct Envelope {
@@ -94,6 +98,11 @@ impl Envelope {
 
     pub fn mode(&self) -> EnvelopeMode {
         self.mode
+    }
+
+    /// Whether the notify key is vk's published default (a public constant: no timing to hide).
+    pub fn key_is_published(&self) -> bool {
+        self.notify_key.expose().eq_ignore_ascii_case(VK_PUBLISHED_KEY)
     }
 
     /// The HTTP body for the backend, from the order's JSON text (a serialised object: the same

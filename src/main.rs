@@ -214,6 +214,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     files.join(", ")
                 );
             }
+            let published = cfg.routes_with_published_keys();
+            if !published.is_empty() && !loopback {
+                eprintln!(
+                    "WARNING: routes {} use vk-uni-pay's published default notifyKey: anyone can seal an order those \
+                     backends accept. Give each backend a key of its own (e.g. openssl rand -hex 32) on both sides.",
+                    published.join(", ")
+                );
+            }
             if let Some(seconds) = cfg.server.tls_expires_in.filter(|s| *s < TLS_EXPIRY_WARNING) {
                 eprintln!("WARNING: server.tls_cert_file expires in {} days: renew it and send SIGHUP", seconds / 86400);
             }

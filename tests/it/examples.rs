@@ -330,8 +330,13 @@ async fn keygen_keys_sign_for_a_gateway_configured_with_them() {
     }
     assert_eq!(backend.count(), 3);
 
-    // Fresh keys may face the world without a warning.
-    assert_eq!(check(&config, "0.0.0.0:18080"), "");
+    // Fresh keys may face the world without a warning; the tests' notify key is vk's published
+    // default, which gets one naming the route, never the key.
+    assert_eq!(check(&config.replace("${PAYHOOK_TEST_NOTIFY_KEY}", "fresh-notify-key-0123456789abcdef"), "0.0.0.0:18080"), "");
+    let warning = check(&config, "0.0.0.0:18080");
+    assert!(warning.starts_with("WARNING: routes goods use vk-uni-pay's published default notifyKey"), "{warning}");
+    assert!(!warning.to_lowercase().contains(&NOTIFY_KEY.to_lowercase()), "{warning}");
+    assert_eq!(check(&config, "127.0.0.1:18080"), "", "loopback: a local trial");
 }
 
 #[test]
