@@ -291,11 +291,10 @@ impl EmbeddedLedger {
             let tx = db.begin_write().map_err(err)?;
             let out = {
                 let mut table = tx.open_table(ORDERS).map_err(err)?;
-                let current = table
-                    .get(key)
-                    .map_err(err)?
-                    .and_then(|v| serde_json::from_slice::<Stored>(v.value()).ok())
-                    .filter(|s| s.expires_at_ms > now);
+                let current = match table.get(key).map_err(err)? {
+                    Some(v) => Some(decode(key, v.value())?).filter(|s| s.expires_at_ms > now),
+                    None => None,
+                };
                 let (next, out) = change(current, now);
                 if let Some(next) = next {
                     let bytes = serde_json::to_vec(&next).map_err(err)?;
@@ -317,12 +316,8 @@ impl EmbeddedLedger {
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
                 Err(e) => return Err(err(e)),
             };
-            Ok(table
-                .get(key)
-                .map_err(err)?
-                .and_then(|v| serde_json::from_slice::<Stored>(v.value()).ok())
-                .filter(|s| s.expires_at_ms > now)
-                .map(|s| s.into_record(now)))
+            let Some(v) = table.get(key).map_err(err)? else { return Ok(None) };
+            Ok(Some(decode(key, v.value())?).filter(|s| s.expires_at_ms > now).map(|s| s.into_record(now)))
         })
     }
 
@@ -343,7 +338,8 @@ impl EmbeddedLedger {
                             true
                         }
                         Ok(_) => true,
-                        Err(_) => false,
+                        // Unreadable (another version's format): kept, as every call on it fails closed.
+                        Err(_) => true,
                     })
                     .map_err(err)?;
                 for (key, s) in stripped {
@@ -369,6 +365,12 @@ impl EmbeddedLedger {
             }
         });
     }
+}
+
+/// A stored record. One this binary cannot read (another version's format, a damaged value)
+/// fails the call: taken as absent, a done or held order would be claimed and forwarded again.
+fn decode(key: &str, bytes: &[u8]) -> Result<Stored, LedgerError> {
+    serde_json::from_slice::<Stored>(bytes).map_err(|e| LedgerError::Unavailable(format!("record {key} is unreadable: {e}")))
 }
 
 enum OpenError {
@@ -806,6 +808,34 @@ mod tests {
             mode: NotifyMode::Notification,
             require_registration: false,
         }
+    }
+
+    /// Regression: a record this binary cannot read (here a later version's state) was taken as
+    /// absent, so a done order was claimed and forwarded again, and the sweep deleted it.
+    #[tokio::test]
+    async fn an_unreadable_record_fails_closed_and_survives_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Embedded::open(&dir.path().join("ledger.redb"), super::super::contract::RETENTION, Duration::from_secs(5), WAIT, false).unwrap();
+        let id = PaymentId::new("wechat", "m", "from-the-future");
+        let Claim::Owned(owned) = l.claim(&id, req()).await.unwrap() else { panic!("owned") };
+        assert!(l.complete(&id, &owned.lease, "{}").await.unwrap());
+        l.0.with_db(|db| {
+            let tx = db.begin_write().map_err(err)?;
+            {
+                let mut table = tx.open_table(ORDERS).map_err(err)?;
+                let stored = String::from_utf8(table.get(id.as_str()).map_err(err)?.expect("stored").value().to_vec()).unwrap();
+                let later = stored.replace("\"state\":\"done\"", "\"state\":\"archived\"");
+                assert_ne!(later, stored);
+                table.insert(id.as_str(), later.as_bytes()).map_err(err)?;
+            }
+            tx.commit().map_err(err)
+        })
+        .unwrap();
+        let unreadable = |result: Result<Claim, LedgerError>| matches!(result, Err(LedgerError::Unavailable(ref m)) if m.contains("unreadable"));
+        assert!(unreadable(l.claim(&id, req()).await), "fails closed, never owned");
+        assert!(l.record(&id).await.is_err());
+        l.0.sweep().unwrap();
+        assert!(unreadable(l.claim(&id, req()).await), "the sweep kept it");
     }
 
     #[tokio::test]
