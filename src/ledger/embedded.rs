@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, TryLockError};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,8 @@ const INDEX_ORDER: TableDefinition<&str, ()> = TableDefinition::new("index_order
 const INDEX_SCORE: TableDefinition<&str, i64> = TableDefinition::new("index_score");
 /// Expired records and data are swept at most this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Records the sweep examines per write transaction.
+const SWEEP_BATCH: usize = 512;
 /// Pause between attempts to get the file in shared mode.
 const SHARED_RETRY: Duration = Duration::from_millis(2);
 /// The longest a process keeps the file in shared mode while the other may be waiting.
@@ -66,7 +69,8 @@ struct Stored {
     token: Option<String>,
     lease_until_ms: i64,
     expires_at_ms: i64,
-    /// An operator's `resolve forward`: the next claim skips the registration checks.
+    /// An operator's `resolve forward`: until the order is done, every claim skips the
+    /// registration checks and owns it under the recorded type.
     #[serde(default)]
     forced: bool,
 }
@@ -321,35 +325,53 @@ impl EmbeddedLedger {
         })
     }
 
-    /// Drops records past the horizon and order data past `done_ttl`.
+    /// Drops records past the horizon and order data past `done_ttl`, `SWEEP_BATCH` records per
+    /// write transaction: a claim waiting for the one writer (or the other process's turn during
+    /// an upgrade) waits for one batch, not for a scan of the whole store.
     fn sweep(&self) -> Result<(), LedgerError> {
-        self.with_db(|db| {
-            let now = now_ms();
-            let tx = db.begin_write().map_err(err)?;
-            {
-                let mut table = tx.open_table(ORDERS).map_err(err)?;
-                let mut stripped = Vec::new();
-                table
-                    .retain(|key, v| match serde_json::from_slice::<Stored>(v) {
-                        Ok(s) if s.expires_at_ms <= now => false,
-                        Ok(mut s) if s.data.is_some() && s.data_expires_at_ms <= now => {
-                            s.data = None;
-                            stripped.push((key.to_string(), s));
-                            true
-                        }
-                        Ok(_) => true,
-                        // Unreadable (another version's format): kept, as every call on it fails closed.
-                        Err(_) => true,
-                    })
+        let mut after: Option<String> = None;
+        loop {
+            let last = self.with_db(|db| {
+                let now = now_ms();
+                let tx = db.begin_write().map_err(err)?;
+                let last = {
+                    let mut table = tx.open_table(ORDERS).map_err(err)?;
+                    let (mut expired, mut stripped, mut last) = (Vec::new(), Vec::new(), None);
+                    let batch = match &after {
+                        Some(key) => table.range::<&str>((Bound::Excluded(key.as_str()), Bound::Unbounded)),
+                        None => table.range::<&str>(..),
+                    }
                     .map_err(err)?;
-                for (key, s) in stripped {
-                    let bytes = serde_json::to_vec(&s).map_err(err)?;
-                    table.insert(key.as_str(), bytes.as_slice()).map_err(err)?;
-                }
+                    for entry in batch.take(SWEEP_BATCH) {
+                        let (key, value) = entry.map_err(err)?;
+                        let key = key.value().to_string();
+                        // Unreadable (another version's format): kept, as every call on it fails closed.
+                        match serde_json::from_slice::<Stored>(value.value()) {
+                            Ok(s) if s.expires_at_ms <= now => expired.push(key.clone()),
+                            Ok(mut s) if s.data.is_some() && s.data_expires_at_ms <= now => {
+                                s.data = None;
+                                stripped.push((key.clone(), s));
+                            }
+                            _ => {}
+                        }
+                        last = Some(key);
+                    }
+                    for key in &expired {
+                        table.remove(key.as_str()).map_err(err)?;
+                    }
+                    for (key, s) in &stripped {
+                        table.insert(key.as_str(), serde_json::to_vec(s).map_err(err)?.as_slice()).map_err(err)?;
+                    }
+                    last
+                };
+                tx.commit().map_err(err)?;
+                Ok(last)
+            })?;
+            match last {
+                Some(key) => after = Some(key),
+                None => return Ok(()),
             }
-            tx.commit().map_err(err)?;
-            Ok(())
-        })
+        }
     }
 
     fn maybe_sweep(self: &Arc<Self>) {
@@ -836,6 +858,48 @@ mod tests {
         assert!(l.record(&id).await.is_err());
         l.0.sweep().unwrap();
         assert!(unreadable(l.claim(&id, req()).await), "the sweep kept it");
+    }
+
+    /// The sweep works in batches: over several of them it drops every expired record and
+    /// every expired order data, and keeps the rest.
+    #[tokio::test]
+    async fn the_sweep_covers_the_whole_store_batch_by_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Embedded::open(&dir.path().join("ledger.redb"), super::super::contract::RETENTION, Duration::from_secs(5), WAIT, false).unwrap();
+        let total = SWEEP_BATCH * 2 + 7;
+        let now = now_ms();
+        l.0.with_db(|db| {
+            let tx = db.begin_write().map_err(err)?;
+            {
+                let mut table = tx.open_table(ORDERS).map_err(err)?;
+                for i in 0..total {
+                    let mut s = Stored::new(now);
+                    // Every third record expired, every third one's order data expired, the rest live.
+                    s.expires_at_ms = if i % 3 == 0 { now - 1 } else { now + 60_000 };
+                    s.data = Some(format!("data-{i}"));
+                    s.data_expires_at_ms = if i % 3 == 1 { now - 1 } else { now + 60_000 };
+                    table.insert(format!("k{i:05}").as_str(), serde_json::to_vec(&s).unwrap().as_slice()).map_err(err)?;
+                }
+            }
+            tx.commit().map_err(err)
+        })
+        .unwrap();
+        l.0.sweep().unwrap();
+        let (mut kept, mut with_data) = (0, 0);
+        for i in 0..total {
+            let stored = l.0.with_db(|db| {
+                let tx = db.begin_read().map_err(err)?;
+                let table = tx.open_table(ORDERS).map_err(err)?;
+                Ok(table.get(format!("k{i:05}").as_str()).map_err(err)?.map(|v| serde_json::from_slice::<Stored>(v.value()).unwrap()))
+            });
+            match (i % 3, stored.unwrap()) {
+                (0, None) => {}
+                (1, Some(s)) if s.data.is_none() => kept += 1,
+                (2, Some(s)) if s.data.as_deref() == Some(format!("data-{i}").as_str()) => (kept, with_data) = (kept + 1, with_data + 1),
+                (kind, s) => panic!("record {i} (kind {kind}) after the sweep: {:?}", s.map(|s| (s.expires_at_ms, s.data))),
+            }
+        }
+        assert_eq!((kept, with_data), ((0..total).filter(|i| i % 3 != 0).count(), (0..total).filter(|i| i % 3 == 2).count()));
     }
 
     #[tokio::test]
