@@ -146,9 +146,16 @@ async fn bad_notifications_get_401_and_are_never_forwarded() {
     let b = wx.body("TRANSACTION.SUCCESS", &foreign);
     let r = gw.post("/notify/wx/goods", &wx.headers(&b, now()), b.as_bytes()).await;
     assert_eq!((r.status, r.text()), (401, v3_fail("merchant_mismatch")));
+    // Our merchant, another app id (the account names its appid).
+    let mut other_app = WxV3::transaction("order-bad", 100);
+    other_app["appid"] = json!("wx0000000000000000");
+    let b = wx.body("TRANSACTION.SUCCESS", &other_app);
+    let r = gw.post("/notify/wx/goods", &wx.headers(&b, now()), b.as_bytes()).await;
+    assert_eq!((r.status, r.text()), (401, v3_fail("merchant_mismatch")));
+    assert_eq!(gw.metric("payhook_verify_failures_total", &[("account", "wx"), ("reason", "merchant_mismatch")]).await, 2.0);
 
     assert_eq!(backend.count(), 0, "nothing unverified reaches the backend");
-    assert_eq!(gw.metric("payhook_notifications_total", &[("outcome", "rejected")]).await, 8.0);
+    assert_eq!(gw.metric("payhook_notifications_total", &[("outcome", "rejected")]).await, 9.0);
     let logs = gw.logs();
     assert!(logs.contains("provider probe signature rejected"), "{logs}");
     assert!(!logs.lines().any(|l| l.contains("WARN") && l.contains("SIGNTEST")), "a probe is not an alert");
