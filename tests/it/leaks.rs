@@ -76,10 +76,18 @@ async fn no_secret_or_decrypted_payload_in_logs_or_replies() {
     api.bad_signature(true);
     api.paid("leak-9", 900);
     replies.push(admin("POST", "/v1/orders/wx/leak-9/sync".into(), auth.clone()).await);
-    replies.push(admin("GET", "/v1/orders/wx/leak-1".into(), auth.clone()).await);
-    replies.push(admin("POST", "/v1/orders/wx/leak-1/replay".into(), auth.clone()).await);
+    // leak-8, not leak-1: the private Redis came back empty (it keeps nothing on disk).
+    replies.push(admin("GET", "/v1/orders/wx/leak-8".into(), auth.clone()).await);
+    replies.push(admin("POST", "/v1/orders/wx/leak-8/replay".into(), auth.clone()).await);
     replies.push(admin("GET", "/v1/orders/wx/leak-1".into(), "Bearer test-admin-token-0123456780".into()).await);
-    assert!(backend.count() >= 6, "the paths above really ran: {} forwards", backend.count());
+    // The paths above really ran: leak-1, -2, -3, three failing attempts of leak-6, the two syncs
+    // of leak-8 and its replay reached the backend; the forged sync and the duplicates did not.
+    assert_eq!(backend.count(), 9, "forwards");
+    let synced = r#"{"paid":true,"state":"done","forwarded":true,"user_order_success":true}"#;
+    assert_eq!(replies[replies.len() - 6..replies.len() - 4], [synced, synced]);
+    assert_eq!(replies[replies.len() - 1], "", "a wrong token gets a bare 401");
+    assert_eq!(replies[replies.len() - 2], r#"{"user_order_success":true}"#, "the re-push reached the backend");
+    assert!(replies[replies.len() - 3].contains(r#""state":"done""#), "{}", replies[replies.len() - 3]);
 
     let logs = gw.logs();
     assert!(logs.contains("DEBUG"), "payhook ran at debug level");
@@ -88,8 +96,11 @@ async fn no_secret_or_decrypted_payload_in_logs_or_replies() {
         let pem = std::fs::read_to_string(fixture(&format!("keys/{key}"))).unwrap();
         secrets.extend(pem.lines().filter(|l| !l.starts_with("-----")).map(str::to_string));
     }
-    // Decrypted order data: the v3 resource's payer and attach, and the envelope plaintext.
-    let payload = ["oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "\"user_id\":\"u001\"", "\"notify_info\"", "\"total_fee\":"];
+    // Decrypted order data, by values found nowhere else (a text log escapes the quotes of a JSON
+    // string, so a JSON-shaped needle alone would miss a leak): the v3 resource's payer and
+    // attach, the v2 and Alipay buyers, and the envelope plaintext's own members (an operator's
+    // record shows `total_fee`, never the order data).
+    let payload = ["oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "u001", "oUpF8uMEb4qRXf22hE3X68TekukE", "2088102122524333", "\"notify_info\"", "\"transaction_id\""];
     for needle in secrets.iter().map(String::as_str).chain(payload) {
         assert!(!logs.contains(needle), "the logs contain {needle:?}");
         for reply in &replies {
