@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building payhook (`scripts/setup.sh build`), or for
-# building and testing it (no argument: also Redis, PHP, a JDK, curl, openssl), and then makes
+# building and testing it (no argument: also Redis, PHP, a JDK, curl, openssl, nginx), and then makes
 # sure a Redis listens on 127.0.0.1:6379. Safe to run again.
 set -euo pipefail
 
@@ -21,6 +21,7 @@ command -v php >/dev/null || need+=(php-cli)              # the PHP example back
 command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)           # the Redis TLS test's CA and certificates
+command -v nginx >/dev/null || need+=(nginx-light)         # test-packaging's rehearsal of deploy/nginx/payhook.conf
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
