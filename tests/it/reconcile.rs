@@ -131,7 +131,7 @@ async fn a_notification_arriving_as_the_sweep_is_due_forwards_once() {
     for i in 0..5 {
         let order = format!("race-{i}");
         api.paid(&order, 700);
-        register(&gw, "wx", &order, json!({"type": "goods", "total_fee": 700})).await;
+        assert_eq!(register(&gw, "wx", &order, json!({"type": "goods", "total_fee": 700})).await.0, 201);
     }
     // The first query falls 1 s after registration: the notifications arrive around it.
     tokio::time::sleep(Duration::from_millis(900)).await;
