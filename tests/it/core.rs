@@ -57,28 +57,34 @@ async fn valid_notification_is_forwarded_once_with_vk_fields_then_deduped() {
     assert_eq!(gw.metric("payhook_backend_duration_seconds_count", &[("type", "goods")]).await, 1.0);
 }
 
+/// Fifty copies of one notification at once, alternating between `addrs`: each reply.
+async fn fifty_copies(addrs: &[std::net::SocketAddr], headers: &Headers, body: &str) -> Vec<(u16, String)> {
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (addr, headers, body) = (addrs[i % addrs.len()], headers.clone(), body.to_string());
+            tokio::spawn(async move {
+                let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let r = send(addr, "POST", "/notify/wx/goods", &h, body.as_bytes()).await.unwrap();
+                (r.status, r.text())
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    replies
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_concurrent_copies_forward_once_across_two_instances() {
     let backend = TestServer::start(Arc::new(|_| Canned { delay: Duration::from_millis(200), ..Canned::json(200, r#"{"code":0}"#) })).await;
     let a = Payhook::start(&config(&redis_ledger(REDIS), &backend.url("/pay/notify"), "")).await;
     let b = a.sibling().await;
-    let wx = WxV3::public_key_mode();
-    let (headers, body) = wx.paid("order-race", 500);
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let addr = if i % 2 == 0 { a.addr } else { b.addr };
-        let (headers, body) = (headers.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            send(addr, "POST", "/notify/wx/goods", &h, body.as_bytes()).await.unwrap().status
-        }));
-    }
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
+    let (headers, body) = WxV3::public_key_mode().paid("order-race", 500);
+    let replies = fifty_copies(&[a.addr, b.addr], &headers, &body).await;
     assert_eq!(backend.count(), 1, "exactly one forward for 50 concurrent copies");
-    assert!(statuses.iter().all(|s| *s == 204), "every copy waits for the owner and hears success: {statuses:?}");
+    assert!(replies.iter().all(|r| *r == (204, String::new())), "every copy waits for the owner and hears success: {replies:?}");
     let in_flight = a.metric("payhook_notifications_total", &[("outcome", "in_flight")]).await
         + b.metric("payhook_notifications_total", &[("outcome", "in_flight")]).await;
     let duplicates = a.metric("payhook_notifications_total", &[("outcome", "duplicate")]).await
@@ -86,22 +92,28 @@ async fn fifty_concurrent_copies_forward_once_across_two_instances() {
     assert_eq!(in_flight + duplicates, 49.0);
 }
 
+/// The other side of waiting on an owner: when the owner's backend refuses the order, no copy
+/// that waited on it hears success, on either instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_copies_all_hear_failure_when_the_owners_backend_refuses() {
+    let backend = TestServer::start(Arc::new(|_| Canned { delay: Duration::from_millis(200), ..Canned::json(200, r#"{"code":1}"#) })).await;
+    let a = Payhook::start(&config(&redis_ledger(REDIS), &backend.url("/pay/notify"), "")).await;
+    let b = a.sibling().await;
+    let (headers, body) = WxV3::public_key_mode().paid(&unique("order-refused"), 500);
+    let replies = fifty_copies(&[a.addr, b.addr], &headers, &body).await;
+    assert_eq!(backend.count(), 1, "one forward, refused");
+    let owner = replies.iter().filter(|r| **r == (500, v3_fail("rejected"))).count();
+    let waited = replies.iter().filter(|r| **r == (500, v3_fail("in_flight"))).count();
+    assert_eq!((owner, waited), (1, 49), "{replies:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_concurrent_copies_forward_once_with_the_embedded_ledger() {
     let backend = TestServer::start(Arc::new(|_| Canned { delay: Duration::from_millis(100), ..Canned::json(200, r#"{"code":0}"#) })).await;
     let gw = Payhook::start(&config(&embedded_ledger(), &backend.url("/pay/notify"), "")).await;
     let (headers, body) = WxV3::public_key_mode().paid("order-embedded", 500);
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let (addr, headers, body) = (gw.addr, headers.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            send(addr, "POST", "/notify/wx/goods", &h, body.as_bytes()).await.unwrap().status
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 204);
-    }
+    let replies = fifty_copies(&[gw.addr], &headers, &body).await;
+    assert!(replies.iter().all(|r| *r == (204, String::new())), "{replies:?}");
     assert_eq!(backend.count(), 1);
 }
 
