@@ -252,10 +252,14 @@ async fn no_double_forward_no_lost_order_under_faults() {
         assert!(answered.get(&all[*i].order).copied().unwrap_or(0) >= 1, "order {} acknowledged without the backend's {{\"code\":0}}", all[*i].order);
     }
     let twice: Vec<(&String, &u32)> = answered.iter().filter(|(_, n)| **n > 1).collect();
+    // Notifications refused for want of a ledger while Redis was down (b's count went with its
+    // process), for the summary line.
+    let ledger_refusals = a.metric("payhook_notifications_total", &[("outcome", "ledger_unavailable")]).await
+        + c.metric("payhook_notifications_total", &[("outcome", "ledger_unavailable")]).await;
     println!(
         "fault suite: notifications={total} orders={orders} duplicates={duplicates} kills={kills} rounds={rounds} \
-         backend_requests={} backend_answered_twice={} {:?} type_conflicts_sent={} type_conflicts_acked={wrong_acked} \
-         type_conflicts_forwarded={forwarded_to_wrong_type} elapsed={:.1}s",
+         ledger_refusals={ledger_refusals} backend_requests={} backend_answered_twice={} {:?} type_conflicts_sent={} \
+         type_conflicts_acked={wrong_acked} type_conflicts_forwarded={forwarded_to_wrong_type} elapsed={:.1}s",
         backend.count(),
         twice.len(),
         twice,
@@ -265,6 +269,8 @@ async fn no_double_forward_no_lost_order_under_faults() {
     assert_eq!((wrong_acked, forwarded_to_wrong_type), (0, 0), "a payment under the wrong type was acknowledged or forwarded");
     assert_eq!(answered.len(), orders, "every order reached the backend with {{\"code\":0}}");
     assert!(twice.len() <= kills, "double forwards outside crash windows: {twice:?}");
+    // Not asserted above zero: on a fast machine the slice may be sent before the kill lands.
+    assert!(rounds > 1, "the faults landed on traffic: some notification went unacknowledged in the first pass");
 }
 
 #[tokio::test(flavor = "multi_thread")]
