@@ -36,6 +36,8 @@ const INDEX_ORDER: TableDefinition<&str, ()> = TableDefinition::new("index_order
 const INDEX_SCORE: TableDefinition<&str, i64> = TableDefinition::new("index_score");
 /// Expired records and data are swept at most this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// How often a process sharing the store during an upgrade tries to own it.
+const OWN_RETRY: Duration = Duration::from_millis(100);
 /// Records the sweep examines per write transaction.
 const SWEEP_BATCH: usize = 512;
 /// Pause between attempts to get the file in shared mode.
@@ -223,10 +225,7 @@ impl EmbeddedLedger {
             }
             let yielding = turn.closed_at.is_some_and(|at| at.elapsed() < SHARED_YIELD);
             if turn.open.is_none() && !yielding {
-                // No turn open, so this process does not hold the op lock: safe to try for good.
-                let owned_by_us = self.instance.lock().expect("instance lock poisoned").is_some();
-                if !owned_by_us && self.try_own()? {
-                    tracing::info!(path = %self.path.display(), "previous process has exited; ledger is exclusive again");
+                if self.own_if_gone()? {
                     continue;
                 }
                 turn.open = self.open_turn()?;
@@ -247,6 +246,28 @@ impl EmbeddedLedger {
             }
             std::thread::sleep(SHARED_RETRY);
         }
+    }
+
+    /// With no turn open (so this process does not hold the op lock): owns the store for good
+    /// if the other process has exited. False after this process handed the store over.
+    fn own_if_gone(&self) -> Result<bool, LedgerError> {
+        let owned_by_us = self.instance.lock().expect("instance lock poisoned").is_some();
+        if owned_by_us || !self.try_own()? {
+            return Ok(false);
+        }
+        tracing::info!(path = %self.path.display(), "previous process has exited; ledger is exclusive again");
+        Ok(true)
+    }
+
+    /// The owner thread's attempt: between this process's turns. True once there is nothing
+    /// left to take (owned, or handed over to the next process).
+    fn own_between_turns(&self) -> Result<bool, LedgerError> {
+        let turn = self.turn.lock().expect("turn lock poisoned");
+        if turn.open.is_none() {
+            self.own_if_gone()?;
+        }
+        drop(turn);
+        Ok(self.instance.lock().expect("instance lock poisoned").is_some())
     }
 
     /// Takes the op lock and opens the file, if the other process lets go of both.
@@ -462,7 +483,26 @@ impl Embedded {
     }
 
     pub fn open(path: &Path, retention: Retention, timeout: Duration, open_wait: Duration, take_over: bool) -> Result<Self, LedgerError> {
-        Ok(Embedded(Arc::new(EmbeddedLedger::open(path, retention, timeout, open_wait, take_over)?)))
+        let ledger = Arc::new(EmbeddedLedger::open(path, retention, timeout, open_wait, take_over)?);
+        if ledger.db.load().is_none() {
+            // Shared with the previous process: own the store as soon as it exits, not at this
+            // process's next call. An idle process would otherwise leave the store unowned, and
+            // the next upgrade's process would open it for good and lock this one out.
+            let weak = Arc::downgrade(&ledger);
+            std::thread::Builder::new()
+                .name("ledger-owner".into())
+                .spawn(move || loop {
+                    std::thread::sleep(OWN_RETRY);
+                    let Some(ledger) = weak.upgrade() else { return };
+                    match ledger.own_between_turns() {
+                        Ok(true) => return,
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot take over the ledger file yet"),
+                    }
+                })
+                .map_err(err)?;
+        }
+        Ok(Embedded(ledger))
     }
 }
 
@@ -941,6 +981,29 @@ mod tests {
         drop(old);
         assert!(new.complete(&b, &lease_b, "{}").await.unwrap());
         assert!(new.0.db.load().is_some(), "exclusive once the old process is gone");
+    }
+
+    /// Regression: a process that shared the store during an upgrade took it over only at its
+    /// next call. Idle when the old process exited, it left the store unowned, and the next
+    /// upgrade's process opened it for good and locked it out.
+    #[tokio::test]
+    async fn an_idle_process_owns_the_store_once_the_old_one_exits_ready_for_the_next_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let retention = super::super::contract::RETENTION;
+        let first = Embedded::open(&path, retention, Duration::from_secs(5), WAIT, false).unwrap();
+        let second = Embedded::open(&path, retention, Duration::from_secs(5), WAIT, true).unwrap();
+        first.hand_over();
+        drop(first);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while second.0.db.load().is_none() {
+            assert!(Instant::now() < deadline, "the second process never owned the store");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let third = Embedded::open(&path, retention, Duration::from_secs(5), Duration::from_millis(300), true).unwrap();
+        assert!(third.0.db.load().is_none(), "the next upgrade's process shares, never owns, while the second lives");
+        let id = PaymentId::new("wechat", "m", "after-two-upgrades");
+        assert!(matches!(second.claim(&id, req()).await.unwrap(), Claim::Owned(_)), "the running process still serves");
     }
 
     /// Both processes of an upgrade, four busy callers each, all served well within a reply budget.
