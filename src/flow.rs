@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use serde_json::{Map, Value};
 use tokio::time::timeout_at;
 use tracing::Instrument;
 
@@ -17,7 +16,7 @@ use crate::config::{Account, Config, Route};
 use crate::forward::Forwarder;
 use crate::ledger::{quarantine_reason, Claim, ClaimRequest, Index, Lease, Ledger, LedgerError, OrderState, PaymentId, QuarantineInfo};
 use crate::metrics;
-use crate::order::{order_json, registration_fields, NotifyMode};
+use crate::order::{order_json, registration_fields, resolved_order, NotifyMode};
 use crate::provider::{Answer, Inbound, PaidOrder, Reply, Verified};
 use crate::secret::Secret;
 
@@ -445,8 +444,6 @@ impl Gateway {
             return Err(ResolveError::UnknownType);
         }
         let stored = self.ledger.resolve(&key, Some(&order_type)).await?.ok_or(ResolveError::NotQuarantined)?;
-        let mut data: Map<String, Value> = serde_json::from_str(&stored).map_err(|_| ResolveError::NotQuarantined)?;
-        data.insert("type".into(), order_type.clone().into());
         let request = ClaimRequest {
             order_type: Some(&order_type),
             total_fee: q.notified_total_fee,
@@ -460,10 +457,7 @@ impl Gateway {
             Claim::Done => return Ok(Delivery::Duplicate),
             other => return Err(ResolveError::Busy(format!("{other:?}"))),
         };
-        for (name, value) in registration_fields(owned.fields.as_deref()) {
-            data.entry(name).or_insert(value);
-        }
-        let stored = serde_json::to_string(&data).expect("a JSON map serialises");
+        let stored = resolved_order(&stored, &order_type, registration_fields(owned.fields.as_deref())).ok_or(ResolveError::NotQuarantined)?;
         self.ledger.index_remove(Index::Quarantined, &acct.name, &key).await?;
         Ok(self.forward_and_settle(&key, &owned.lease, &order_type, stored, deadline).await)
     }

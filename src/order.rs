@@ -1,7 +1,9 @@
 //! The order data a backend receives: the fields of vk-uni-pay's `vk-pay-orders` row that a
 //! `service/pay-notify/{type}.js` callback reads, so a backend written for vk keeps working.
 
-use serde::Serialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::provider::{NotifyInfo, PaidOrder};
@@ -74,6 +76,53 @@ pub fn registration_fields(fields: Option<&str>) -> Map<String, Value> {
     extra
 }
 
+/// A stored order's JSON text as an operator's `resolve forward` sends it: `type` set to the
+/// operator's, the registration's fields added where absent, and every other member
+/// (`notify_info` above all) kept as its original bytes. None when the text is not an object.
+pub fn resolved_order(stored: &str, order_type: &str, registration: Map<String, Value>) -> Option<String> {
+    let RawMembers(mut members) = serde_json::from_str(stored).ok()?;
+    let raw = |value: &Value| RawValue::from_string(value.to_string()).expect("a Value is JSON");
+    match members.iter_mut().find(|(name, _)| name == "type") {
+        Some((_, value)) => *value = raw(&Value::from(order_type)),
+        None => members.push(("type".into(), raw(&Value::from(order_type)))),
+    }
+    for (name, value) in registration {
+        if !members.iter().any(|(existing, _)| *existing == name) {
+            members.push((name, raw(&value)));
+        }
+    }
+    serde_json::to_string(&RawMembers(members)).ok()
+}
+
+/// A JSON object's members in order, each value as its text.
+struct RawMembers(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for RawMembers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = RawMembers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMembers, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(member);
+                }
+                Ok(RawMembers(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+impl Serialize for RawMembers {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +156,15 @@ mod tests {
         // The names a registration may not take are exactly the order data's own.
         let own: Map<String, Value> = serde_json::from_str(&order_json(&paid, "goods", NotifyMode::Active, 2000, None)).unwrap();
         assert!(own.keys().eq(ORDER_FIELDS.iter()));
+
+        // An operator's resolve: the type set, registered fields added after vk's, the
+        // provider's `notify_info` bytes untouched (a Value round trip wrote {"b":2,"a":"商"}).
+        let held = order_json(&paid, "vip", NotifyMode::Notification, 2000, Some(r#"{"user_id":"u9"}"#));
+        let registration = registration_fields(Some(r#"{"user_id":"other","level":2}"#));
+        assert_eq!(
+            resolved_order(&held, "goods", registration).unwrap(),
+            r#"{"out_trade_no":"o1","transaction_id":"t1","total_fee":1234,"type":"goods","status":1,"provider":"wxpay","mch_id":"m","appid":"a","openid":"u","pay_date":1000,"notify_date":2000,"notify_mode":1,"attach":{"k":1},"notify_info":{"b": 2, "a":"\u5546"},"user_id":"u9","level":2}"#
+        );
+        assert_eq!(resolved_order("[1]", "goods", Map::new()), None);
     }
 }
