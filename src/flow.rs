@@ -16,7 +16,7 @@ use crate::config::{Account, Config, Route};
 use crate::forward::Forwarder;
 use crate::ledger::{quarantine_reason, Claim, ClaimRequest, Index, Lease, Ledger, LedgerError, OrderState, PaymentId, QuarantineInfo};
 use crate::metrics;
-use crate::order::{order_json, registration_fields, resolved_order, NotifyMode};
+use crate::order::{order_json, registration_fields, HeldOrder, NotifyMode};
 use crate::provider::{Answer, Inbound, PaidOrder, Reply, Verified};
 use crate::secret::Secret;
 
@@ -444,6 +444,8 @@ impl Gateway {
             return Err(ResolveError::UnknownType);
         }
         let stored = self.ledger.resolve(&key, Some(&order_type)).await?.ok_or(ResolveError::NotQuarantined)?;
+        // Read before the claim: an unreadable order must not leave a lease behind.
+        let held = HeldOrder::parse(&stored).ok_or(ResolveError::NotQuarantined)?;
         let request = ClaimRequest {
             order_type: Some(&order_type),
             total_fee: q.notified_total_fee,
@@ -457,7 +459,7 @@ impl Gateway {
             Claim::Done => return Ok(Delivery::Duplicate),
             other => return Err(ResolveError::Busy(format!("{other:?}"))),
         };
-        let stored = resolved_order(&stored, &order_type, registration_fields(owned.fields.as_deref())).ok_or(ResolveError::NotQuarantined)?;
+        let stored = held.into_json(&order_type, registration_fields(owned.fields.as_deref()));
         self.ledger.index_remove(Index::Quarantined, &acct.name, &key).await?;
         Ok(self.forward_and_settle(&key, &owned.lease, &order_type, stored, deadline).await)
     }

@@ -76,22 +76,32 @@ pub fn registration_fields(fields: Option<&str>) -> Map<String, Value> {
     extra
 }
 
-/// A stored order's JSON text as an operator's `resolve forward` sends it: `type` set to the
-/// operator's, the registration's fields added where absent, and every other member
-/// (`notify_info` above all) kept as its original bytes. None when the text is not an object.
-pub fn resolved_order(stored: &str, order_type: &str, registration: Map<String, Value>) -> Option<String> {
-    let RawMembers(mut members) = serde_json::from_str(stored).ok()?;
-    let raw = |value: &Value| RawValue::from_string(value.to_string()).expect("a Value is JSON");
-    match members.iter_mut().find(|(name, _)| name == "type") {
-        Some((_, value)) => *value = raw(&Value::from(order_type)),
-        None => members.push(("type".into(), raw(&Value::from(order_type)))),
+/// A held order's data as an operator's `resolve forward` sends it: its members in order, each
+/// value kept as its original bytes (`notify_info` above all).
+pub struct HeldOrder(RawMembers);
+
+impl HeldOrder {
+    /// The ledger's text of the order; None when it is not a JSON object.
+    pub fn parse(stored: &str) -> Option<HeldOrder> {
+        serde_json::from_str(stored).ok().map(HeldOrder)
     }
-    for (name, value) in registration {
-        if !members.iter().any(|(existing, _)| *existing == name) {
-            members.push((name, raw(&value)));
+
+    /// The JSON text with `type` set to the operator's and the registration's fields added
+    /// where absent.
+    pub fn into_json(self, order_type: &str, registration: Map<String, Value>) -> String {
+        let HeldOrder(RawMembers(mut members)) = self;
+        let raw = |value: &Value| RawValue::from_string(value.to_string()).expect("a Value is JSON");
+        match members.iter_mut().find(|(name, _)| name == "type") {
+            Some((_, value)) => *value = raw(&Value::from(order_type)),
+            None => members.push(("type".into(), raw(&Value::from(order_type)))),
         }
+        for (name, value) in registration {
+            if !members.iter().any(|(existing, _)| *existing == name) {
+                members.push((name, raw(&value)));
+            }
+        }
+        serde_json::to_string(&RawMembers(members)).expect("raw members serialise")
     }
-    serde_json::to_string(&RawMembers(members)).ok()
 }
 
 /// A JSON object's members in order, each value as its text.
@@ -162,9 +172,9 @@ mod tests {
         let held = order_json(&paid, "vip", NotifyMode::Notification, 2000, Some(r#"{"user_id":"u9"}"#));
         let registration = registration_fields(Some(r#"{"user_id":"other","level":2}"#));
         assert_eq!(
-            resolved_order(&held, "goods", registration).unwrap(),
+            HeldOrder::parse(&held).unwrap().into_json("goods", registration),
             r#"{"out_trade_no":"o1","transaction_id":"t1","total_fee":1234,"type":"goods","status":1,"provider":"wxpay","mch_id":"m","appid":"a","openid":"u","pay_date":1000,"notify_date":2000,"notify_mode":1,"attach":{"k":1},"notify_info":{"b": 2, "a":"\u5546"},"user_id":"u9","level":2}"#
         );
-        assert_eq!(resolved_order("[1]", "goods", Map::new()), None);
+        assert!(HeldOrder::parse("[1]").is_none());
     }
 }
