@@ -154,6 +154,13 @@ pub struct Routing {
 
 impl Routing {
     fn from_config(config: Config) -> Self {
+        // Replaced whole, so a certificate a reload removed leaves no series behind.
+        metrics::PROVIDER_CERT_EXPIRY.reset();
+        for (name, account) in &config.accounts {
+            for cert in account.provider.certificates() {
+                metrics::PROVIDER_CERT_EXPIRY.with_label_values(&[name, &cert.serial_hex]).set(cert.not_after as f64);
+            }
+        }
         Routing { accounts: config.accounts, routes: config.routes, admin_tokens: config.server.admin_tokens }
     }
 

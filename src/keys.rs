@@ -84,11 +84,14 @@ impl RsaPublicKey {
     }
 }
 
-/// A certificate's serial (uppercase hex, as WeChat's `Wechatpay-Serial`) and its RSA key.
+/// A certificate's serial (uppercase hex, as WeChat's `Wechatpay-Serial`), its RSA key and its
+/// validity (unix seconds, both ends included).
 #[derive(Debug, Clone)]
 pub struct Certificate {
     pub serial_hex: String,
     pub public_key: RsaPublicKey,
+    pub not_before: i64,
+    pub not_after: i64,
     der: Vec<u8>,
 }
 
@@ -105,7 +108,18 @@ impl Certificate {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| KeyError::Der(e.to_string()))?;
         let serial_hex = hex::encode_upper(cert.tbs_certificate.raw_serial()).trim_start_matches("00").to_string();
         let public_key = RsaPublicKey::from_spki(cert.public_key())?;
-        Ok(Certificate { serial_hex, public_key, der: der.to_vec() })
+        let validity = cert.validity();
+        Ok(Certificate {
+            serial_hex,
+            public_key,
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+            der: der.to_vec(),
+        })
+    }
+
+    pub fn valid_at(&self, now: i64) -> bool {
+        (self.not_before..=self.not_after).contains(&now)
     }
 
     /// True when `issuer` signed this certificate (Alipay certificate mode: leaf → root).
@@ -114,6 +128,49 @@ impl Certificate {
         let (_, issuer) = X509Certificate::from_der(&issuer.der).map_err(|e| KeyError::Der(e.to_string()))?;
         cert.verify_signature(Some(issuer.public_key())).map_err(|_| KeyError::Chain)
     }
+}
+
+/// The key a provider's signatures verify with: a bare public key, or a certificate's key.
+///
+/// A certificate's key verifies only within the certificate's validity. Providers sign with a
+/// new certificate before the old one expires (WeChat Pay switches platform certificates while
+/// both are valid), so past its `notAfter` a certificate left in the config signs nothing
+/// genuine, and accepting it would only serve whoever holds the retired private key.
+#[derive(Debug, Clone)]
+pub enum VerifyingKey {
+    PublicKey(RsaPublicKey),
+    Certificate(Certificate),
+}
+
+impl VerifyingKey {
+    /// Checks `signature` over `message` as of `now` (unix seconds).
+    pub fn verify_sha256_at(&self, message: &[u8], signature: &[u8], now: i64) -> Result<(), KeyRefusal> {
+        let key = match self {
+            VerifyingKey::PublicKey(key) => key,
+            VerifyingKey::Certificate(cert) if cert.valid_at(now) => &cert.public_key,
+            VerifyingKey::Certificate(_) => return Err(KeyRefusal::OutsideValidity),
+        };
+        if key.verify_sha256(message, signature) {
+            Ok(())
+        } else {
+            Err(KeyRefusal::BadSignature)
+        }
+    }
+
+    pub fn certificate(&self) -> Option<&Certificate> {
+        match self {
+            VerifyingKey::PublicKey(_) => None,
+            VerifyingKey::Certificate(cert) => Some(cert),
+        }
+    }
+}
+
+/// Why [`VerifyingKey::verify_sha256_at`] refused a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    BadSignature,
+    /// The certificate has expired or is not yet valid.
+    OutsideValidity,
 }
 
 /// An RSA private key for signing (order queries to providers, the simulator).

@@ -117,6 +117,19 @@ pub static TLS_CERT_EXPIRY: Lazy<GaugeVec> = Lazy::new(|| {
         .expect("metric registers once")
 });
 
+/// The `notAfter` of each provider certificate an account verifies signatures with (WeChat Pay
+/// platform certificates, Alipay's certificate-mode leaf), in seconds since the epoch. After it,
+/// notifications signed under that certificate are refused (`certificate_expired`): alert on
+/// `… - time() < 14 * 86400` and add the provider's next certificate before then.
+pub static PROVIDER_CERT_EXPIRY: Lazy<GaugeVec> = Lazy::new(|| {
+    register_gauge_vec!(
+        "payhook_provider_cert_expiry_seconds",
+        "When a provider certificate an account verifies with expires (unix seconds)",
+        &["account", "serial"]
+    )
+    .expect("metric registers once")
+});
+
 /// Notify-listener connections closed by payhook: `reason` = max_connections | header_timeout.
 pub static CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
     register_int_counter_vec!("payhook_connections_closed_total", "Notify connections payhook closed to bound what clients hold", &["reason"])

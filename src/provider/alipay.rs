@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::{beijing_millis, parse_attach, Answer, Inbound, NotifyInfo, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::{ConfigDir, ConfigError};
 use crate::forward::{Backend, HttpReply};
-use crate::keys::{Certificate, KeyError, RsaPrivateKey, RsaPublicKey};
+use crate::keys::{Certificate, KeyError, RsaPrivateKey, RsaPublicKey, VerifyingKey};
 
 /// Alipay's times (request `timestamp`, `send_pay_date`, `gmt_payment`) are Beijing wall clock.
 const BEIJING_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
@@ -39,7 +39,7 @@ pub struct AlipayConfig {
 pub struct Alipay {
     app_id: String,
     seller_id: Option<String>,
-    public_key: RsaPublicKey,
+    public_key: VerifyingKey,
     query: Option<QueryClient>,
 }
 
@@ -68,11 +68,11 @@ impl Alipay {
                 } else {
                     RsaPublicKey::from_base64_spki(text)
                 };
-                parsed.map_err(|e| ConfigError::invalid(k, e))?
+                VerifyingKey::PublicKey(parsed.map_err(|e| ConfigError::invalid(k, e))?)
             }
             (None, Some(path), None, None) => {
                 let k = format!("{key}.alipay_public_key_file");
-                RsaPublicKey::from_pem(&dir.read(&k, path)?).map_err(|e| ConfigError::invalid(k, e))?
+                VerifyingKey::PublicKey(RsaPublicKey::from_pem(&dir.read(&k, path)?).map_err(|e| ConfigError::invalid(k, e))?)
             }
             (None, None, Some(cert), Some(root)) => {
                 let cert_key = format!("{key}.alipay_cert_file");
@@ -82,7 +82,7 @@ impl Alipay {
                 if roots.is_empty() {
                     return Err(ConfigError::invalid(root_key, "holds no RSA certificate"));
                 }
-                trusted_leaf(chain, &roots).map_err(|e| ConfigError::invalid(cert_key, e))?
+                VerifyingKey::Certificate(trusted_leaf(chain, &roots).map_err(|e| ConfigError::invalid(cert_key, e))?)
             }
             _ => {
                 return Err(ConfigError::invalid(
@@ -174,18 +174,14 @@ impl Alipay {
         }))
     }
 
-    fn verify_signature(&self, form: &Form) -> Result<(), ProviderError> {
+    fn verify_signature(&self, form: &Form, now: i64) -> Result<(), ProviderError> {
         // Only RSA2: legacy RSA is SHA-1, which we refuse to trust.
         if form.raw.get("sign_type").is_some_and(|t| t.as_slice() != b"RSA2") {
             return Err(ProviderError::BadSignature);
         }
         let sign = form.raw.get("sign").ok_or(ProviderError::BadSignature)?;
         let signature = B64.decode(sign).map_err(|_| ProviderError::BadSignature)?;
-        if self.public_key.verify_sha256(&form.signed_bytes(), &signature) {
-            Ok(())
-        } else {
-            Err(ProviderError::BadSignature)
-        }
+        super::verify_sha256_at(&self.public_key, &form.signed_bytes(), &signature, now)
     }
 }
 
@@ -206,7 +202,7 @@ fn rsa_certificates(pem_text: &[u8], skip_non_rsa: bool) -> Result<Vec<Certifica
 
 /// The leaf's key, once the leaf chains to a root. Alipay's `alipayCertPublicKey_RSA2.crt` holds
 /// the leaf first, then the intermediate CA that signed it, so intermediates come from that file.
-fn trusted_leaf(mut chain: Vec<Certificate>, roots: &[Certificate]) -> Result<RsaPublicKey, String> {
+fn trusted_leaf(mut chain: Vec<Certificate>, roots: &[Certificate]) -> Result<Certificate, String> {
     if chain.is_empty() {
         return Err("holds no certificate".into());
     }
@@ -214,7 +210,7 @@ fn trusted_leaf(mut chain: Vec<Certificate>, roots: &[Certificate]) -> Result<Rs
     let mut current = leaf.clone();
     loop {
         if roots.iter().any(|root| current.check_signed_by(root).is_ok()) {
-            return Ok(leaf.public_key);
+            return Ok(leaf);
         }
         // Each intermediate is used at most once, so the walk ends.
         match chain.iter().position(|issuer| current.check_signed_by(issuer).is_ok()) {
@@ -382,9 +378,13 @@ impl Provider for Alipay {
         self.query.is_some()
     }
 
+    fn certificates(&self) -> Vec<&Certificate> {
+        self.public_key.certificate().into_iter().collect()
+    }
+
     fn verify(&self, inbound: &Inbound) -> Result<Verified, ProviderError> {
         let form = Form::parse(inbound.body)?;
-        self.verify_signature(&form)?;
+        self.verify_signature(&form, inbound.now)?;
         self.notification(form.decode()?)
     }
 
@@ -422,7 +422,7 @@ impl Provider for Alipay {
         })
     }
 
-    fn parse_order_query(&self, out_trade_no: &str, reply: &HttpReply, _now: i64) -> Result<QueryOutcome, ProviderError> {
+    fn parse_order_query(&self, out_trade_no: &str, reply: &HttpReply, now: i64) -> Result<QueryOutcome, ProviderError> {
         if reply.status != 200 {
             return Err(ProviderError::Malformed(format!("query status {}", reply.status)));
         }
@@ -431,9 +431,7 @@ impl Provider for Alipay {
         let signature = envelope.sign.and_then(|s| B64.decode(s).ok()).ok_or(ProviderError::BadSignature)?;
         // Alipay signs the response object's text exactly as sent: re-serialising would change it.
         let signed = envelope.alipay_trade_query_response.get();
-        if !self.public_key.verify_sha256(signed.as_bytes(), &signature) {
-            return Err(ProviderError::BadSignature);
-        }
+        super::verify_sha256_at(&self.public_key, signed.as_bytes(), &signature, now)?;
         let response: Map<String, Value> =
             serde_json::from_str(signed).map_err(|_| ProviderError::Malformed("query response is not an object".into()))?;
         let text = |name: &str| response.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
@@ -527,9 +525,11 @@ mod tests {
 
     /// The test key pair of `alipay.*`: signs like Alipay, over the charset-encoded string.
     fn sign_with_test_key(fields: &mut BTreeMap<String, String>, charset: &'static Encoding) {
-        let pem = std::fs::read(keys_dir().resolve("alipay.key.pem".as_ref())).unwrap();
-        let key = RsaPrivateKey::from_pem(&pem).unwrap();
-        let sig = key.sign_sha256(&charset.encode(&signing_string(fields)).0);
+        sign_with(fields, charset, "alipay.key.pem");
+    }
+
+    fn sign_with(fields: &mut BTreeMap<String, String>, charset: &'static Encoding, key_file: &str) {
+        let sig = test_key(key_file).sign_sha256(&charset.encode(&signing_string(fields)).0);
         fields.insert("sign".into(), B64.encode(sig));
     }
 
@@ -781,6 +781,27 @@ mod tests {
         std::fs::copy(keys_dir().resolve("alipay_leaf.cert.pem".as_ref()), bundle.path().join("leaf.pem")).unwrap();
         let cfg = toml::from_str("app_id = \"1\"\nalipay_cert_file = \"leaf.pem\"\nalipay_root_cert_file = \"roots.pem\"").unwrap();
         Alipay::from_config("t", cfg, &ConfigDir::new(bundle.path())).unwrap();
+    }
+
+    #[test]
+    fn certificate_mode_verifies_only_within_the_leafs_validity() {
+        let p = provider(
+            "app_id = \"2021000000000001\"\nalipay_cert_file = \"alipay_leaf.cert.pem\"\nalipay_root_cert_file = \"alipay_root.cert.pem\"",
+        )
+        .unwrap();
+        let mut fields = test_fields();
+        sign_with(&mut fields, UTF_8, "alipay_leaf.key.pem");
+        let body = form_body(&fields, UTF_8);
+        let verify_at = |now: i64| p.verify(&Inbound { headers: &http::HeaderMap::new(), body: &body, now });
+        // The leaf's dates, 2026-11-27T05:09:22Z and 2126-11-03T05:09:22Z (openssl x509 -dates).
+        let (not_before, not_after) = (1_795_756_162, 4_949_356_162);
+        assert!(matches!(verify_at(not_before), Ok(Verified::Paid(_))));
+        assert!(matches!(verify_at(not_after), Ok(Verified::Paid(_))));
+        for now in [not_before - 1, not_after + 1] {
+            assert!(matches!(verify_at(now), Err(ProviderError::CertificateExpired(serial)) if serial == "02"), "{now}");
+        }
+        let certificates: Vec<(&str, i64)> = p.certificates().iter().map(|c| (c.serial_hex.as_str(), c.not_after)).collect();
+        assert_eq!(certificates, [("02", not_after)]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{ConfigDir, ConfigError};
 use crate::forward::{Backend, HttpReply};
+use crate::keys::{Certificate, KeyRefusal, VerifyingKey};
 
 /// WeChat Pay (v2 and v3) counts a notification as failed after 5 s without a reply.
 pub(crate) const WECHAT_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -145,6 +146,8 @@ pub enum ProviderError {
     BadSignature,
     #[error("no key for serial {0}")]
     UnknownSerial(String),
+    #[error("certificate {0} has expired or is not yet valid")]
+    CertificateExpired(String),
     #[error("timestamp outside tolerance")]
     StaleTimestamp,
     #[error("resource does not decrypt")]
@@ -169,6 +172,7 @@ impl ProviderError {
             ProviderError::ProbeSignature => "probe_signature",
             ProviderError::BadSignature => "bad_signature",
             ProviderError::UnknownSerial(_) => "unknown_serial",
+            ProviderError::CertificateExpired(_) => "certificate_expired",
             ProviderError::StaleTimestamp => "stale_timestamp",
             ProviderError::Decrypt => "decrypt_failed",
             ProviderError::Malformed(_) => "malformed",
@@ -191,6 +195,12 @@ pub trait Provider: Send + Sync {
     /// How long the provider waits for a reply before it counts the notification as failed.
     fn reply_timeout(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    /// The certificates whose keys verify this account's signatures (none in public-key mode),
+    /// for their expiry gauge and warnings.
+    fn certificates(&self) -> Vec<&Certificate> {
+        Vec::new()
     }
 
     /// Verifies the raw notification and normalises it. Never trusts a byte before the signature.
@@ -228,6 +238,16 @@ pub enum QueryOutcome {
     Paid(PaidOrder),
     /// Not paid (yet), or unknown to the provider: the provider's own state word.
     NotPaid { trade_state: String },
+}
+
+/// A provider's signature over `message`, checked with `key` as of `now` (unix seconds).
+pub(crate) fn verify_sha256_at(key: &VerifyingKey, message: &[u8], signature: &[u8], now: i64) -> Result<(), ProviderError> {
+    key.verify_sha256_at(message, signature, now).map_err(|refusal| match refusal {
+        KeyRefusal::BadSignature => ProviderError::BadSignature,
+        KeyRefusal::OutsideValidity => {
+            ProviderError::CertificateExpired(key.certificate().map(|c| c.serial_hex.clone()).unwrap_or_default())
+        }
+    })
 }
 
 /// Builds the provider of one `[accounts.NAME]` section: the only registry of providers.

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::{WECHAT_REPLY_TIMEOUT, api_base, api_path, parse_attach, Answer, Inbound, NotifyInfo, PaidOrder, Provider, ProviderError, QueryOutcome, QueryRequest, Reply, Verified};
 use crate::config::{parse_duration, ConfigDir, ConfigError};
 use crate::forward::{Backend, HttpReply};
-use crate::keys::{random_hex, Certificate, RsaPrivateKey, RsaPublicKey};
+use crate::keys::{random_hex, Certificate, RsaPrivateKey, RsaPublicKey, VerifyingKey};
 use crate::secret::Secret;
 
 /// WeChat sends these on purpose to check that merchants really verify.
@@ -67,7 +67,7 @@ pub struct WechatV3 {
     appid: Option<String>,
     gcm_key: aead::LessSafeKey,
     /// `Wechatpay-Serial` → key: public-key ids and certificate serials side by side (rotation).
-    keys: HashMap<String, RsaPublicKey>,
+    keys: HashMap<String, VerifyingKey>,
     tolerance: i64,
     query: Option<QueryClient>,
 }
@@ -91,13 +91,13 @@ impl WechatV3 {
             let k = format!("{key}.platform_public_keys[{i}]");
             let pem = dir.read(&k, &entry.pem_file)?;
             let public = RsaPublicKey::from_pem(&pem).map_err(|e| ConfigError::invalid(&k, e))?;
-            keys.insert(entry.id.clone(), public);
+            keys.insert(entry.id.clone(), VerifyingKey::PublicKey(public));
         }
         for (i, entry) in cfg.platform_certs.iter().enumerate() {
             let k = format!("{key}.platform_certs[{i}]");
             let pem = dir.read(&k, &entry.pem_file)?;
             let cert = Certificate::from_pem(&pem).map_err(|e| ConfigError::invalid(&k, e))?;
-            keys.insert(cert.serial_hex.clone(), cert.public_key);
+            keys.insert(cert.serial_hex.clone(), VerifyingKey::Certificate(cert));
         }
         if keys.is_empty() {
             return Err(ConfigError::invalid(key, "needs platform_public_keys or platform_certs"));
@@ -147,11 +147,7 @@ impl WechatV3 {
             message.extend_from_slice(part);
             message.push(b'\n');
         }
-        if key.verify_sha256(&message, &signature) {
-            Ok(())
-        } else {
-            Err(ProviderError::BadSignature)
-        }
+        super::verify_sha256_at(key, &message, &signature, now)
     }
 
     /// Opens an AEAD_AES_256_GCM `resource` (ciphertext = base64 of ct ‖ tag).
@@ -308,6 +304,10 @@ impl Provider for WechatV3 {
 
     fn reply_timeout(&self) -> Option<Duration> {
         Some(WECHAT_REPLY_TIMEOUT)
+    }
+
+    fn certificates(&self) -> Vec<&Certificate> {
+        self.keys.values().filter_map(VerifyingKey::certificate).collect()
     }
 
     fn verify(&self, inbound: &Inbound) -> Result<Verified, ProviderError> {
@@ -511,6 +511,11 @@ mod tests {
 
     /// A reply signed the way WeChat signs API answers, with the platform key in `key_file`.
     fn signed_reply(status: u16, body: &str, key_file: &str, timestamp: i64) -> HttpReply {
+        signed_reply_as(status, body, key_file, PUB_KEY_ID, timestamp)
+    }
+
+    /// As [`signed_reply`], under `Wechatpay-Serial: serial`.
+    fn signed_reply_as(status: u16, body: &str, key_file: &str, serial: &str, timestamp: i64) -> HttpReply {
         let key = RsaPrivateKey::from_pem(&std::fs::read(keys_dir().resolve(key_file.as_ref())).unwrap()).unwrap();
         let nonce = "593BEC0C930BF1AFEB40B4A08C8FB242";
         let signature = B64.encode(key.sign_sha256(format!("{timestamp}\n{nonce}\n{body}\n").as_bytes()));
@@ -519,7 +524,7 @@ mod tests {
             ("wechatpay-timestamp", timestamp.to_string()),
             ("wechatpay-nonce", nonce.to_string()),
             ("wechatpay-signature", signature),
-            ("wechatpay-serial", PUB_KEY_ID.to_string()),
+            ("wechatpay-serial", serial.to_string()),
         ] {
             headers.insert(name, value.parse().unwrap());
         }
@@ -539,6 +544,28 @@ mod tests {
             "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
             "amount": {"total": 1234, "payer_total": 1234, "currency": "CNY", "payer_currency": "CNY"}
         })
+    }
+
+    #[test]
+    fn a_certificate_verifies_only_within_its_validity() {
+        let p = account("platform_certs = [{ pem_file = \"wx_platform_d.cert.pem\" }]").unwrap();
+        let serial = "2E71AED0000000000000000000000001";
+        // 2024-01-01T00:00:00Z and 2025-01-01T00:00:00Z (openssl x509 -dates), both included.
+        let (not_before, not_after) = (1_704_067_200, 1_735_689_600);
+        let verify_at = |at: i64| {
+            let signed = signed_reply_as(200, "{}", "wx_platform_d.key.pem", serial, at);
+            p.verify_signature(&signed.headers, &signed.body, at)
+        };
+        assert!(verify_at(not_before).is_ok());
+        assert!(verify_at(not_after).is_ok());
+        for at in [not_before - 1, not_after + 1, NOW] {
+            assert!(matches!(verify_at(at), Err(ProviderError::CertificateExpired(s)) if s == serial), "{at}");
+        }
+        // A public key (no certificate) has no validity to end.
+        let by_key = signed_reply(200, "{}", "wx_platform_a.key.pem", NOW);
+        assert!(p.verify_signature(&by_key.headers, &by_key.body, NOW).is_ok());
+        let certificates: Vec<(&str, i64)> = p.certificates().iter().map(|c| (c.serial_hex.as_str(), c.not_after)).collect();
+        assert_eq!(certificates, [(serial, not_after)]);
     }
 
     #[test]

@@ -151,6 +151,10 @@ async fn v3_rotated_out_certificate_verifies_while_configured_and_reload_drops_i
     }
     assert_eq!(backend.count(), 2);
 
+    let b_expiry = [("account", "wx"), ("serial", "5157F09EFDC096DE15EBE81A47057A7232F1B8E1")];
+    // B's notAfter, 2126-11-03T05:09:22Z (openssl x509 -enddate).
+    assert_eq!(gw.metric("payhook_provider_cert_expiry_seconds", &b_expiry).await, 4_949_356_162.0);
+
     // Rotation finished: B leaves the config, SIGHUP reloads keys without a restart and without
     // dropping this keep-alive connection.
     let mut kept = crate::support::http::Conn::open(gw.addr).await.unwrap();
@@ -175,4 +179,42 @@ async fn v3_rotated_out_certificate_verifies_while_configured_and_reload_drops_i
     assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
     assert_eq!(backend.count(), 5);
     assert!(gw.logs().contains("5157F09EFDC096DE15EBE81A47057A7232F1B8E1"), "the unknown serial is logged");
+    let metrics = crate::support::http::get(gw.admin, "/metrics", &[]).await.text();
+    assert!(!metrics.contains("5157F09EFDC096DE15EBE81A47057A7232F1B8E1"), "B's expiry series left with B:\n{metrics}");
+    assert_eq!(metric_value(&metrics, "payhook_provider_cert_expiry_seconds", &[("serial", "3C0FFEE0000000000000000000000001")]), 4_949_356_162.0);
+}
+
+/// A platform certificate past its `notAfter` verifies nothing, configured or not: WeChat signs
+/// nothing genuine under a retired certificate, so a signature under one is its leaked key's.
+#[tokio::test(flavor = "multi_thread")]
+async fn v3_certificate_past_its_validity_verifies_nothing_and_check_says_so() {
+    let backend = ok_backend().await;
+    let retired_serial = "2E71AED0000000000000000000000001";
+    let cert_c = "wx_platform_c.cert.pem\" }]";
+    let text = config(&redis_ledger(REDIS), &backend.url("/pay/notify"), "").replace(
+        cert_c,
+        &format!("wx_platform_c.cert.pem\" }}, {{ pem_file = \"{}/wx_platform_d.cert.pem\" }}]", fixture("keys").display()),
+    );
+    assert!(text.contains("wx_platform_d.cert.pem"));
+    let gw = Payhook::start(&text).await;
+    let retired = WxV3::with_key("wx_platform_d.key.pem", retired_serial);
+    let (h, b) = retired.paid("retired-1", 100);
+    let r = gw.post("/notify/wx/goods", &h, b.as_bytes()).await;
+    assert_eq!((r.status, r.text()), (401, r#"{"code":"FAIL","message":"certificate_expired"}"#.to_string()));
+    assert_eq!(backend.count(), 0);
+    assert_eq!(gw.metric("payhook_verify_failures_total", &[("account", "wx"), ("reason", "certificate_expired")]).await, 1.0);
+    assert!(gw.logs().contains(&format!("certificate {retired_serial} has expired or is not yet valid")), "{}", gw.logs());
+    // 2025-01-01T00:00:00Z, the retired certificate's notAfter.
+    assert_eq!(gw.metric("payhook_provider_cert_expiry_seconds", &[("account", "wx"), ("serial", retired_serial)]).await, 1_735_689_600.0);
+    let warning = format!("accounts.wx: certificate {retired_serial} is outside its validity");
+    assert!(gw.logs().contains(&warning), "run warns at start-up:\n{}", gw.logs());
+
+    // The same order, signed under a certificate in force, is delivered.
+    let (h, b) = WxV3::cert_b().paid("retired-1", 100);
+    assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
+    assert_eq!(backend.count(), 1);
+
+    let out = payhook_command().args(["check", "--config"]).arg(gw.config_path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains(&format!("WARNING: {warning}")), "{err}");
 }
