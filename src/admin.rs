@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::active::{ActiveError, DEFAULT_AWAIT};
 use crate::config::ReconcileSettings;
+use crate::connections;
 use crate::context::{Kind, RequestContext};
 use crate::flow::{Delivery, Gateway, ResolveError};
 use crate::ledger::{Index, OrderRecord, OrderState, Registered};
@@ -120,6 +121,12 @@ async fn read_small_body(session: &mut ServerSession) -> Option<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        connections::handling(self.handle(session)).await
+    }
+}
+
+impl AdminApp {
+    async fn handle(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
         let is_get = method == http::Method::GET;

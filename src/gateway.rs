@@ -2,96 +2,20 @@
 //! hand the bytes to [`Gateway::notify`], write the reply with an exact Content-Length.
 //! Every decision lives in [`crate::flow`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
-use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
-use pingora::server::ShutdownWatch;
 use pingora::protocols::http::ServerSession;
 
+use crate::connections;
 use crate::context::{Kind, RequestContext};
 use crate::flow::Gateway;
 use crate::metrics;
 use crate::provider::Reply;
-
-/// Where a connection of the notify listener is: waiting for a request head (since when), or
-/// handling a request (the body has its own deadline, `body_timeout`).
-#[derive(Clone, Copy)]
-enum Phase {
-    AwaitingHead(Instant),
-    Handling,
-}
-
-tokio::task_local! {
-    static CONNECTION: Arc<Mutex<Phase>>;
-}
-
-fn set_phase(phase: Phase) {
-    let _ = CONNECTION.try_with(|current| *current.lock().expect("phase lock poisoned") = phase);
-}
-
-/// Bounds what clients can hold on the notify listener: at most `max_connections` open (a
-/// connection past it is closed at once and counted), and a request head must arrive within
-/// `header_timeout` of the connection opening or the previous response (slow-header clients and
-/// idle keep-alive connections are closed then).
-pub struct ConnectionLimits<A> {
-    inner: Arc<A>,
-    open: AtomicUsize,
-    max_connections: usize,
-    header_timeout: Duration,
-}
-
-impl<A> ConnectionLimits<A> {
-    pub fn new(inner: A, max_connections: usize, header_timeout: Duration) -> Self {
-        ConnectionLimits { inner: Arc::new(inner), open: AtomicUsize::new(0), max_connections, header_timeout }
-    }
-}
-
-struct OpenConnection<'a>(&'a AtomicUsize);
-
-impl Drop for OpenConnection<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-        metrics::CONNECTIONS_OPEN.dec();
-    }
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimits<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            metrics::CONNECTIONS_REFUSED.with_label_values(&["max_connections"]).inc();
-            return None; // dropping the stream closes it
-        }
-        metrics::CONNECTIONS_OPEN.inc();
-        let _open = OpenConnection(&self.open);
-        let phase = Arc::new(Mutex::new(Phase::AwaitingHead(Instant::now())));
-        let watchdog = async {
-            loop {
-                let current = *phase.lock().expect("phase lock poisoned");
-                match current {
-                    Phase::AwaitingHead(since) if since.elapsed() >= self.header_timeout => return,
-                    Phase::AwaitingHead(since) => tokio::time::sleep(self.header_timeout - since.elapsed()).await,
-                    Phase::Handling => tokio::time::sleep(self.header_timeout).await,
-                }
-            }
-        };
-        tokio::select! {
-            reused = CONNECTION.scope(phase.clone(), self.inner.process_new(stream, shutdown)) => reused,
-            () = watchdog => {
-                metrics::CONNECTIONS_REFUSED.with_label_values(&["header_timeout"]).inc();
-                None
-            }
-        }
-    }
-}
 
 pub struct NotifyApp {
     gateway: Arc<Gateway>,
@@ -170,10 +94,7 @@ fn respond(reply: &Reply) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for NotifyApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        set_phase(Phase::Handling);
-        let response = self.handle(session).await;
-        set_phase(Phase::AwaitingHead(Instant::now()));
-        response
+        connections::handling(self.handle(session)).await
     }
 }
 

@@ -35,6 +35,7 @@
 pub mod active;
 pub mod admin;
 pub mod config;
+pub mod connections;
 pub mod context;
 pub mod envelope;
 pub mod flow;

@@ -140,6 +140,20 @@ pub static CONNECTIONS_OPEN: Lazy<prometheus::IntGauge> = Lazy::new(|| {
     prometheus::register_int_gauge!("payhook_connections_open", "Open notify-listener connections").expect("metric registers once")
 });
 
+/// The admin listener's own: its budget is apart from the notify listener's.
+pub static ADMIN_CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "payhook_admin_connections_closed_total",
+        "Admin connections payhook closed to bound what clients hold",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static ADMIN_CONNECTIONS_OPEN: Lazy<prometheus::IntGauge> = Lazy::new(|| {
+    prometheus::register_int_gauge!("payhook_admin_connections_open", "Open admin-listener connections").expect("metric registers once")
+});
+
 /// `payhook --version`: the crate version and the git commit it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("PAYHOOK_GIT_COMMIT"), ")");
 
@@ -168,8 +182,10 @@ pub fn init() {
     Lazy::force(&PAYMENT_TO_DELIVERY);
     Lazy::force(&TLS_CERT_EXPIRY);
     Lazy::force(&CONNECTIONS_OPEN);
+    Lazy::force(&ADMIN_CONNECTIONS_OPEN);
     for reason in ["max_connections", "header_timeout"] {
         CONNECTIONS_REFUSED.with_label_values(&[reason]);
+        ADMIN_CONNECTIONS_REFUSED.with_label_values(&[reason]);
     }
     BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("PAYHOOK_GIT_COMMIT")]).set(1);
     // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …

@@ -13,7 +13,8 @@ use crate::admin::AdminApp;
 use crate::config::{Config, LedgerBackend};
 use crate::flow::Gateway;
 use crate::forward::Forwarder;
-use crate::gateway::{ConnectionLimits, NotifyApp};
+use crate::connections::{ConnectionLimits, ConnectionMetrics};
+use crate::gateway::NotifyApp;
 use crate::ledger::embedded::Embedded;
 use crate::ledger::redis::RedisLedger;
 use crate::ledger::{Ledger, LedgerError, Retention};
@@ -79,7 +80,8 @@ pub fn build_server(config: Config, config_path: &Path, opt: Option<Opt>) -> Res
     let gateway = Arc::new(Gateway::new(config, ledger, forwarder));
 
     let app = NotifyApp::new(gateway.clone(), s.body_limit, s.body_timeout);
-    let mut notify = Service::new("payhook notify".to_string(), ConnectionLimits::new(app, s.max_connections, s.header_timeout));
+    let notify_metrics = ConnectionMetrics { open: &metrics::CONNECTIONS_OPEN, closed: &metrics::CONNECTIONS_REFUSED };
+    let mut notify = Service::new("payhook notify".to_string(), ConnectionLimits::new(app, s.max_connections, s.header_timeout, notify_metrics));
     let mut certificates = Vec::new();
     match &s.tls {
         Some((cert, key)) => {
@@ -100,7 +102,9 @@ pub fn build_server(config: Config, config_path: &Path, opt: Option<Opt>) -> Res
     let reloader = Reloader::new(gateway.clone(), config_path.to_path_buf(), &config_startup, certificates);
     let hand_over = HandOver { gateway: gateway.clone() };
     let sweep = Sweep { gateway: gateway.clone(), settings: reconcile.clone() };
-    let mut admin = Service::new("payhook admin".to_string(), AdminApp::new(gateway, reconcile));
+    let admin_metrics = ConnectionMetrics { open: &metrics::ADMIN_CONNECTIONS_OPEN, closed: &metrics::ADMIN_CONNECTIONS_REFUSED };
+    let admin_app = ConnectionLimits::new(AdminApp::new(gateway, reconcile), s.max_connections, s.header_timeout, admin_metrics);
+    let mut admin = Service::new("payhook admin".to_string(), admin_app);
     match admin_tls {
         Some(store) => admin.add_tls_with_settings(&s.admin_listen, None, store.settings()),
         None => admin.add_tcp(&s.admin_listen),

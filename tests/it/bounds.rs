@@ -160,3 +160,51 @@ async fn slow_header_clients_and_connection_floods_are_closed() {
     }
     assert_eq!(gw.metric("payhook_connections_open", &[]).await, 0.0, "every connection is counted closed");
 }
+
+/// `n` connections to `addr` that never send a byte; each task answers how long payhook kept
+/// its connection open.
+async fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::task::JoinHandle<Duration>> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        held.push(tokio::spawn(async move {
+            let opened = Instant::now();
+            let mut buf = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
+            opened.elapsed()
+        }));
+    }
+    held
+}
+
+/// The admin listener has the same bounds on a budget of its own: a notify port at its cap
+/// leaves `/metrics` reachable, and idle admin connections are closed like notify ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_is_bounded_on_its_own_budget() {
+    let backend = ok_backend().await;
+    let cfg = config(&embedded_ledger(), &backend.url("/pay/notify"), "")
+        .replace("grace_period = \"0s\"", "grace_period = \"0s\"\nmax_connections = 50\nheader_timeout = \"1s\"");
+    let gw = Payhook::start(&cfg).await;
+    let notify_flood = idle_connections(gw.addr, 50).await;
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while gw.metric("payhook_connections_open", &[]).await != 50.0 {
+        assert!(Instant::now() < deadline, "the 50 notify connections are not all open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = http::get(gw.admin, "/metrics", &[]).await;
+    assert_eq!(metrics.status, 200, "the admin port answers while the notify port is full");
+
+    let admin_flood = idle_connections(gw.admin, 60).await;
+    let mut held = Vec::new();
+    for t in admin_flood.into_iter().chain(notify_flood) {
+        held.push(t.await.unwrap());
+    }
+    assert!(held.iter().all(|d| *d < Duration::from_millis(2500)), "every idle connection is closed: {held:?}");
+    let text = http::get(gw.admin, "/metrics", &[]).await.text();
+    let closed = |reason: &str| metric_value(&text, "payhook_admin_connections_closed_total", &[("reason", reason)]);
+    assert!(closed("max_connections") >= 10.0, "{text}");
+    assert_eq!(closed("max_connections") + closed("header_timeout"), 60.0, "each idle admin connection was closed by payhook");
+    assert_eq!(metric_value(&text, "payhook_admin_connections_open", &[]), 1.0, "only this scrape's connection");
+    assert_eq!(metric_value(&text, "payhook_connections_closed_total", &[("reason", "header_timeout")]), 50.0);
+    assert_eq!(metric_value(&text, "payhook_connections_closed_total", &[("reason", "max_connections")]), 0.0);
+}
