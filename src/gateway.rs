@@ -84,7 +84,12 @@ fn plain(status: u16, text: &'static str) -> Response<Vec<u8>> {
 }
 
 fn respond(reply: &Reply) -> Response<Vec<u8>> {
-    let mut builder = Response::builder().status(reply.status).header(http::header::CONTENT_LENGTH, reply.body.len());
+    let mut builder = Response::builder().status(reply.status);
+    // A 204 (WeChat Pay v3's success) must not carry one (RFC 9110 §8.6): it has no body by
+    // definition, and pingora frames it so.
+    if reply.status != 204 {
+        builder = builder.header(http::header::CONTENT_LENGTH, reply.body.len());
+    }
     if let Some(ct) = reply.content_type {
         builder = builder.header(http::header::CONTENT_TYPE, ct);
     }

@@ -47,14 +47,44 @@ async fn valid_notification_is_forwarded_once_with_vk_fields_then_deduped() {
     assert_eq!(order["attach"], json!({"user_id": "u001"}));
     assert_eq!(order["notify_info"], WxV3::transaction("order-1001", 1234));
 
+    // The duplicate on a kept connection, read as the provider reads it: a 204 carries neither
+    // a body nor a Content-Length (RFC 9110 §8.6), and the connection serves the next request.
     let before = gw.metric("payhook_notifications_total", &[("outcome", "duplicate")]).await;
-    let again = gw.post("/notify/wx/goods", &headers, body.as_bytes()).await;
-    assert_eq!((again.status, again.body.as_slice()), (204, &b""[..]));
+    let mut kept = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        let reply = String::from_utf8(raw_exchange(&mut kept, &headers, &body).await).unwrap();
+        let dated: Vec<&str> = reply.split("\r\n").map(|line| if line.starts_with("Date: ") { "Date: <now>" } else { line }).collect();
+        assert_eq!(dated.join("\r\n"), "HTTP/1.1 204 No Content\r\nDate: <now>\r\nConnection: keep-alive\r\n\r\n");
+    }
     assert_eq!(backend.count(), 1, "a duplicate must not reach the backend");
-    assert_eq!(gw.metric("payhook_notifications_total", &[("outcome", "duplicate")]).await - before, 1.0);
+    assert_eq!(gw.metric("payhook_notifications_total", &[("outcome", "duplicate")]).await - before, 2.0);
     assert_eq!(gw.metric("payhook_notifications_total", &[("account", "wx"), ("type", "goods"), ("outcome", "forwarded")]).await, 1.0);
     assert_eq!(gw.metric("payhook_backend_requests_total", &[("type", "goods"), ("result", "ok")]).await, 1.0);
     assert_eq!(gw.metric("payhook_backend_duration_seconds_count", &[("type", "goods")]).await, 1.0);
+}
+
+/// POSTs `body` to `/notify/wx/goods` on `stream` and returns the reply's bytes up to the end of
+/// its head, with whatever else arrives within 100 ms (a body, if one came).
+async fn raw_exchange(stream: &mut tokio::net::TcpStream, headers: &Headers, body: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = format!("POST /notify/wx/goods HTTP/1.1\r\nHost: payhook\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+        reply.extend_from_slice(&buf[..n]);
+    }
+    reply
 }
 
 /// Fifty copies of one notification at once, alternating between `addrs`: each reply.
