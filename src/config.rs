@@ -650,6 +650,18 @@ fn check_budgets(server: &ServerSettings, ledger: &LedgerSettings, accounts: &Ha
             ));
         }
     }
+    // Settling (retried until the reply budget runs out) must end while the claim's lease still
+    // holds: after it, another instance may claim the order and forward it a second time.
+    if let Some(shortest) = routes.iter().min_by_key(|r| r.timeout).filter(|r| server.reply_budget > r.timeout + LEASE_MARGIN) {
+        return Err(ConfigError::invalid(
+            "server.reply_budget",
+            format!(
+                "must not exceed the shortest lease (routes.{}.timeout + {}s), or a reply could still be settling once another instance may claim the order",
+                shortest.name,
+                LEASE_MARGIN.as_secs()
+            ),
+        ));
+    }
     let longest_lease = routes.iter().map(|r| r.timeout + LEASE_MARGIN).max().unwrap_or(LEASE_MARGIN);
     if ledger.done_ttl < longest_lease {
         return Err(ConfigError::invalid(
@@ -840,6 +852,24 @@ mod tests {
         let tagged = example.replace("[ledger]\n", "[ledger]\nkey_prefix = \"{payhook}:\"\n");
         let err = Config::parse(&tagged, &dir).err().expect("refused").to_string();
         assert_eq!(err, "`ledger.key_prefix`: must not contain { or }: payhook tags its keys for Redis Cluster itself");
+    }
+
+    /// Regression: with only Alipay accounts (no provider reply timeout) a reply budget past a
+    /// route's lease was taken, so a reply could still be settling once the lease had run out.
+    #[test]
+    fn a_reply_budget_past_the_shortest_lease_is_refused() {
+        let example = std::fs::read_to_string("conf/payhook.toml").unwrap();
+        let start = example.find("# WeChat Pay API v3").unwrap();
+        let end = example.find("# Alipay, public-key mode").unwrap();
+        let alipay_only = format!("{}{}", &example[..start], &example[end..]);
+        let dir = ConfigDir::new("conf");
+        let with_budget = |budget: &str| alipay_only.replace("reply_budget = \"4.5s\"", &format!("reply_budget = \"{budget}\""));
+        // The example's routes: goods 4s, the others shorter; the shortest lease is theirs + 5s.
+        let shortest = Config::parse(&alipay_only, &dir).unwrap().routes.values().map(|r| r.timeout).min().unwrap() + LEASE_MARGIN;
+        assert!(Config::parse(&with_budget(&humantime::format_duration(shortest).to_string()), &dir).is_ok());
+        let over = humantime::format_duration(shortest + Duration::from_millis(1)).to_string();
+        let err = Config::parse(&with_budget(&over), &dir).err().expect("refused").to_string();
+        assert!(err.starts_with("`server.reply_budget`: must not exceed the shortest lease (routes."), "{err}");
     }
 
     /// Regression: toml's message printed the offending line, and serde's the offending value.
