@@ -20,13 +20,18 @@ async fn status_of(stream: &mut TcpStream) -> Option<u16> {
     std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A gateway on the embedded ledger with `settings` added to its `[server]` section, and the
+/// backend it forwards to.
+async fn gateway_with(settings: &str) -> (TestServer, Payhook) {
+    let backend = ok_backend().await;
+    let cfg = config(&embedded_ledger(), &backend.url("/pay/notify"), "").replace("grace_period = \"0s\"", &format!("grace_period = \"0s\"\n{settings}"));
+    (backend, Payhook::start(&cfg).await)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_load_keeps_memory_bounded_and_service_up() {
-    let backend = ok_backend().await;
     // Above the idle flood: this test measures what each held connection costs.
-    let cfg = config(&embedded_ledger(), &backend.url("/pay/notify"), "")
-        .replace("grace_period = \"0s\"", "grace_period = \"0s\"\nbody_timeout = \"1s\"\nmax_connections = 20000");
-    let gw = Payhook::start(&cfg).await;
+    let (backend, gw) = gateway_with("body_timeout = \"1s\"\nmax_connections = 20000").await;
     let wx = WxV3::public_key_mode();
     let (h, b) = wx.paid("bounds-warm", 1);
     assert_eq!(gw.post("/notify/wx/goods", &h, b.as_bytes()).await.status, 204);
@@ -111,10 +116,7 @@ async fn hostile_load_keeps_memory_bounded_and_service_up() {
 /// once, the rest when `header_timeout` runs out; valid traffic is served throughout.
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_header_clients_and_connection_floods_are_closed() {
-    let backend = ok_backend().await;
-    let cfg = config(&embedded_ledger(), &backend.url("/pay/notify"), "")
-        .replace("grace_period = \"0s\"", "grace_period = \"0s\"\nmax_connections = 50\nheader_timeout = \"1s\"");
-    let gw = Payhook::start(&cfg).await;
+    let (_backend, gw) = gateway_with("max_connections = 50\nheader_timeout = \"1s\"").await;
     let started = Instant::now();
     let mut trickling = Vec::new();
     for _ in 0..200 {
@@ -181,10 +183,7 @@ async fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::ta
 /// leaves `/metrics` reachable, and idle admin connections are closed like notify ones.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_listener_is_bounded_on_its_own_budget() {
-    let backend = ok_backend().await;
-    let cfg = config(&embedded_ledger(), &backend.url("/pay/notify"), "")
-        .replace("grace_period = \"0s\"", "grace_period = \"0s\"\nmax_connections = 50\nheader_timeout = \"1s\"");
-    let gw = Payhook::start(&cfg).await;
+    let (_backend, gw) = gateway_with("max_connections = 50\nheader_timeout = \"1s\"").await;
     let notify_flood = idle_connections(gw.addr, 50).await;
     let deadline = Instant::now() + Duration::from_millis(500);
     while gw.metric("payhook_connections_open", &[]).await != 50.0 {
