@@ -424,6 +424,31 @@ impl Config {
         names
     }
 
+    /// One line per provider certificate past its validity at `now`, or within
+    /// [`CERT_EXPIRY_WARNING`] of its end: outside it its signatures are refused
+    /// (`certificate_expired`). `check`, `run` and a reload say them.
+    pub fn provider_certificate_warnings(&self, now: i64) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (name, account) in &self.accounts {
+            for cert in account.provider.certificates() {
+                let serial = &cert.serial_hex;
+                if !cert.valid_at(now) {
+                    warnings.push(format!(
+                        "accounts.{name}: certificate {serial} is outside its validity: notifications signed under it are \
+                         refused; configure the provider's current certificate"
+                    ));
+                } else if cert.not_after - now < CERT_EXPIRY_WARNING {
+                    warnings.push(format!(
+                        "accounts.{name}: certificate {serial} expires in {} days: add the provider's next certificate, then send SIGHUP",
+                        (cert.not_after - now) / 86400
+                    ));
+                }
+            }
+        }
+        warnings.sort();
+        warnings
+    }
+
     /// The files read from a `demo/` folder: keys published with payhook, fit for loopback only.
     pub fn demo_files(&self) -> Vec<&Path> {
         self.files_read.iter().filter(|path| path.components().any(|c| c.as_os_str() == "demo")).map(PathBuf::as_path).collect()
@@ -620,6 +645,10 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
     }
     Ok(Config { server, ledger, reconcile, telemetry: raw.telemetry, accounts, routes, files_read: Vec::new() })
 }
+
+/// `check`, `run` and a reload warn when a certificate (the listener's, a provider's) expires
+/// sooner than this, in seconds.
+pub const CERT_EXPIRY_WARNING: i64 = 14 * 86400;
 
 /// The smallest `dedupe_horizon`: providers speak about an order for months (Alipay's
 /// `TRADE_FINISHED` comes when the refund period ends).
@@ -870,6 +899,30 @@ mod tests {
         let over = humantime::format_duration(shortest + Duration::from_millis(1)).to_string();
         let err = Config::parse(&with_budget(&over), &dir).err().expect("refused").to_string();
         assert!(err.starts_with("`server.reply_budget`: must not exceed the shortest lease (routes."), "{err}");
+    }
+
+    #[test]
+    fn provider_certificates_are_warned_about_two_weeks_ahead_and_once_expired() {
+        let example = std::fs::read_to_string("conf/payhook.toml").unwrap();
+        let keys = format!("{}/tests/fixtures/keys", env!("CARGO_MANIFEST_DIR"));
+        let with_cert = example.replace(
+            "timestamp_tolerance = \"5m\"",
+            &format!("platform_certs = [{{ pem_file = \"{keys}/wx_platform_b.cert.pem\" }}]\ntimestamp_tolerance = \"5m\""),
+        );
+        let config = Config::parse(&with_cert, &ConfigDir::new("conf")).unwrap();
+        // Certificate B: 2026-11-27T05:09:22Z to 2126-11-03T05:09:22Z.
+        let (not_before, not_after) = (1_795_756_162, 4_949_356_162);
+        let serial = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
+        assert!(config.provider_certificate_warnings(not_after - CERT_EXPIRY_WARNING).is_empty());
+        assert_eq!(
+            config.provider_certificate_warnings(not_after - 3 * 86400 - 5),
+            [format!("accounts.wx-demo: certificate {serial} expires in 3 days: add the provider's next certificate, then send SIGHUP")]
+        );
+        for outside in [not_before - 1, not_after + 1] {
+            let warnings = config.provider_certificate_warnings(outside);
+            assert_eq!(warnings.len(), 1);
+            assert!(warnings[0].starts_with(&format!("accounts.wx-demo: certificate {serial} is outside its validity")), "{warnings:?}");
+        }
     }
 
     /// Regression: toml's message printed the offending line, and serde's the offending value.

@@ -26,8 +26,6 @@ use payhook::simulate::{self, Fresh, Order, Simulator};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// `check` (and `run`) warn when a certificate (the listener's, a provider's) expires sooner than this.
-const CERT_EXPIRY_WARNING: i64 = 14 * 86400;
 
 /// Longer than any gateway's reply budget (WeChat itself waits 5 s).
 const SIMULATE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,10 +185,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
             // Kept to the end of `run`: dropping it would stop the span export.
             let _tracer = payhook::telemetry::init(log_format.unwrap_or(cfg.server.log_format), cfg.telemetry.otlp_endpoint.as_deref())?;
-            if let Some(seconds) = cfg.server.tls_expires_in.filter(|s| *s < CERT_EXPIRY_WARNING) {
+            if let Some(seconds) = cfg.server.tls_expires_in.filter(|s| *s < payhook::config::CERT_EXPIRY_WARNING) {
                 tracing::warn!(days = seconds / 86400, "server.tls_cert_file expires soon: renew it and send SIGHUP");
             }
-            for warning in provider_certificate_warnings(&cfg) {
+            for warning in cfg.provider_certificate_warnings(chrono::Utc::now().timestamp()) {
                 tracing::warn!("{warning}");
             }
             let (listen, admin) = (cfg.server.listen.clone(), cfg.server.admin_listen.clone());
@@ -225,10 +223,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     published.join(", ")
                 );
             }
-            if let Some(seconds) = cfg.server.tls_expires_in.filter(|s| *s < CERT_EXPIRY_WARNING) {
+            if let Some(seconds) = cfg.server.tls_expires_in.filter(|s| *s < payhook::config::CERT_EXPIRY_WARNING) {
                 eprintln!("WARNING: server.tls_cert_file expires in {} days: renew it and send SIGHUP", seconds / 86400);
             }
-            for warning in provider_certificate_warnings(&cfg) {
+            for warning in cfg.provider_certificate_warnings(chrono::Utc::now().timestamp()) {
                 eprintln!("WARNING: {warning}");
             }
             println!(
@@ -259,32 +257,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The provider certificates that are past their validity or within [`CERT_EXPIRY_WARNING`] of
-/// its end: outside it their signatures are refused (`certificate_expired`).
-fn provider_certificate_warnings(cfg: &Config) -> Vec<String> {
-    let now = chrono::Utc::now().timestamp();
-    let mut warnings = Vec::new();
-    for (name, account) in &cfg.accounts {
-        for cert in account.provider.certificates() {
-            let serial = &cert.serial_hex;
-            let left = cert.not_after - now;
-            if !cert.valid_at(now) {
-                warnings.push(format!(
-                    "accounts.{name}: certificate {serial} is outside its validity: notifications signed under it are refused; \
-                     configure the provider's current certificate"
-                ));
-            } else if left < CERT_EXPIRY_WARNING {
-                warnings.push(format!(
-                    "accounts.{name}: certificate {serial} expires in {} days: add the provider's next certificate, then send SIGHUP",
-                    left / 86400
-                ));
-            }
-        }
-    }
-    warnings.sort();
-    warnings
 }
 
 fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
