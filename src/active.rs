@@ -140,8 +140,10 @@ impl Gateway {
             }
             QueryOutcome::Paid(paid) => paid,
         };
-        let timeout = order_type.and_then(|t| routing.routes.get(t)).map(|r| r.timeout).unwrap_or(routing.lease_for(None));
-        let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(1);
+        // The forward plus a second to settle; without a type, the claim's lease (the longest
+        // route's), never past it: settling past it could race another instance's claim.
+        let budget = order_type.and_then(|t| routing.routes.get(t)).map_or(routing.lease_for(None), |r| r.timeout + Duration::from_secs(1));
+        let deadline = tokio::time::Instant::now() + budget;
         let not_done = |state, reason| SyncReport { paid: true, state, forwarded: false, user_order_success: None, trade_state: None, reason: Some(reason) };
         Ok(match self.deliver_once(acct, order_type, paid, Source::Sync, deadline).await {
             Delivery::Forwarded => SyncReport::done(true),

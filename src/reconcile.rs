@@ -128,7 +128,8 @@ impl Sweep {
         let checks = ledger.note_check(key).await.unwrap_or(record.checks + 1);
         let result = match self.gateway.query_order(acct, key.out_trade_no()).await {
             Ok(QueryOutcome::Paid(paid)) => {
-                let deadline = tokio::time::Instant::now() + self.gateway.routing().lease_for(None) + Duration::from_secs(1);
+                // The claim's own lease, no later: settling past it could race another instance's claim.
+                let deadline = tokio::time::Instant::now() + self.gateway.routing().lease_for(None);
                 match self.gateway.deliver_once(acct, None, paid, Source::Sweep, deadline).await {
                     Delivery::Forwarded => {
                         let order_type = record.order_type.as_deref().unwrap_or("-");
