@@ -1,8 +1,8 @@
 //! The order data a backend receives: the fields of vk-uni-pay's `vk-pay-orders` row that a
 //! `service/pay-notify/{type}.js` callback reads, so a backend written for vk keeps working.
 
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
+use indexmap::IndexMap;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -78,7 +78,7 @@ pub fn registration_fields(fields: Option<&str>) -> Map<String, Value> {
 
 /// A held order's data as an operator's `resolve forward` sends it: its members in order, each
 /// value kept as its original bytes (`notify_info` above all).
-pub struct HeldOrder(RawMembers);
+pub struct HeldOrder(IndexMap<String, Box<RawValue>>);
 
 impl HeldOrder {
     /// The ledger's text of the order; None when it is not a JSON object.
@@ -89,47 +89,14 @@ impl HeldOrder {
     /// The JSON text with `type` set to the operator's and the registration's fields added
     /// where absent.
     pub fn into_json(self, order_type: &str, registration: Map<String, Value>) -> String {
-        let HeldOrder(RawMembers(mut members)) = self;
+        let HeldOrder(mut members) = self;
         let raw = |value: &Value| RawValue::from_string(value.to_string()).expect("a Value is JSON");
-        match members.iter_mut().find(|(name, _)| name == "type") {
-            Some((_, value)) => *value = raw(&Value::from(order_type)),
-            None => members.push(("type".into(), raw(&Value::from(order_type)))),
-        }
+        // An existing `type` keeps its place.
+        members.insert("type".into(), raw(&Value::from(order_type)));
         for (name, value) in registration {
-            if !members.iter().any(|(existing, _)| *existing == name) {
-                members.push((name, raw(&value)));
-            }
+            members.entry(name).or_insert_with(|| raw(&value));
         }
-        serde_json::to_string(&RawMembers(members)).expect("raw members serialise")
-    }
-}
-
-/// A JSON object's members in order, each value as its text.
-struct RawMembers(Vec<(String, Box<RawValue>)>);
-
-impl<'de> Deserialize<'de> for RawMembers {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> Visitor<'de> for Members {
-            type Value = RawMembers;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMembers, A::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry::<String, Box<RawValue>>()? {
-                    members.push(member);
-                }
-                Ok(RawMembers(members))
-            }
-        }
-        deserializer.deserialize_map(Members)
-    }
-}
-
-impl Serialize for RawMembers {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+        serde_json::to_string(&members).expect("raw members serialise")
     }
 }
 
