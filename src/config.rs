@@ -424,11 +424,14 @@ impl Config {
         names
     }
 
-    /// One line per provider certificate past its validity at `now`, or within
-    /// [`CERT_EXPIRY_WARNING`] of its end: outside it its signatures are refused
-    /// (`certificate_expired`). `check`, `run` and a reload say them.
-    pub fn provider_certificate_warnings(&self, now: i64) -> Vec<String> {
+    /// One line per certificate within [`CERT_EXPIRY_WARNING`] of its end: the listener's (as of
+    /// loading), and each provider certificate, or one past its validity at `now`, whose
+    /// signatures are refused (`certificate_expired`). `check`, `run` and a reload say them.
+    pub fn certificate_warnings(&self, now: i64) -> Vec<String> {
         let mut warnings = Vec::new();
+        if let Some(seconds) = self.server.tls_expires_in.filter(|s| *s < CERT_EXPIRY_WARNING) {
+            warnings.push(format!("server.tls_cert_file expires in {} days: renew it and send SIGHUP", seconds / 86400));
+        }
         for (name, account) in &self.accounts {
             for cert in account.provider.certificates() {
                 let serial = &cert.serial_hex;
@@ -648,7 +651,7 @@ fn build(raw: RawConfig, dir: &ConfigDir) -> Result<Config, ConfigError> {
 
 /// `check`, `run` and a reload warn when a certificate (the listener's, a provider's) expires
 /// sooner than this, in seconds.
-pub const CERT_EXPIRY_WARNING: i64 = 14 * 86400;
+const CERT_EXPIRY_WARNING: i64 = 14 * 86400;
 
 /// The smallest `dedupe_horizon`: providers speak about an order for months (Alipay's
 /// `TRADE_FINISHED` comes when the refund period ends).
@@ -913,13 +916,13 @@ mod tests {
         // Certificate B: 2026-11-27T05:09:22Z to 2126-11-03T05:09:22Z.
         let (not_before, not_after) = (1_795_756_162, 4_949_356_162);
         let serial = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
-        assert!(config.provider_certificate_warnings(not_after - CERT_EXPIRY_WARNING).is_empty());
+        assert!(config.certificate_warnings(not_after - CERT_EXPIRY_WARNING).is_empty());
         assert_eq!(
-            config.provider_certificate_warnings(not_after - 3 * 86400 - 5),
+            config.certificate_warnings(not_after - 3 * 86400 - 5),
             [format!("accounts.wx-demo: certificate {serial} expires in 3 days: add the provider's next certificate, then send SIGHUP")]
         );
         for outside in [not_before - 1, not_after + 1] {
-            let warnings = config.provider_certificate_warnings(outside);
+            let warnings = config.certificate_warnings(outside);
             assert_eq!(warnings.len(), 1);
             assert!(warnings[0].starts_with(&format!("accounts.wx-demo: certificate {serial} is outside its validity")), "{warnings:?}");
         }

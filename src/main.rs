@@ -185,10 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(&config).with_context(|| format!("loading {}", config.display()))?;
             // Kept to the end of `run`: dropping it would stop the span export.
             let _tracer = payhook::telemetry::init(log_format.unwrap_or(cfg.server.log_format), cfg.telemetry.otlp_endpoint.as_deref())?;
-            if let Some(seconds) = cfg.server.tls_expires_in.filter(|s| *s < payhook::config::CERT_EXPIRY_WARNING) {
-                tracing::warn!(days = seconds / 86400, "server.tls_cert_file expires soon: renew it and send SIGHUP");
-            }
-            for warning in cfg.provider_certificate_warnings(chrono::Utc::now().timestamp()) {
+            for warning in cfg.certificate_warnings(chrono::Utc::now().timestamp()) {
                 tracing::warn!("{warning}");
             }
             let (listen, admin) = (cfg.server.listen.clone(), cfg.server.admin_listen.clone());
@@ -223,10 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     published.join(", ")
                 );
             }
-            if let Some(seconds) = cfg.server.tls_expires_in.filter(|s| *s < payhook::config::CERT_EXPIRY_WARNING) {
-                eprintln!("WARNING: server.tls_cert_file expires in {} days: renew it and send SIGHUP", seconds / 86400);
-            }
-            for warning in cfg.provider_certificate_warnings(chrono::Utc::now().timestamp()) {
+            for warning in cfg.certificate_warnings(chrono::Utc::now().timestamp()) {
                 eprintln!("WARNING: {warning}");
             }
             println!(

@@ -100,7 +100,7 @@ impl BackgroundService for Reloader {
                     for key in restart_only_changes(&self.server, &self.ledger, &self.reconcile, &config) {
                         tracing::warn!(key, "changed in the config, but takes effect only after a restart or graceful upgrade");
                     }
-                    for warning in config.provider_certificate_warnings(chrono::Utc::now().timestamp()) {
+                    for warning in config.certificate_warnings(chrono::Utc::now().timestamp()) {
                         tracing::warn!("{warning}");
                     }
                     let (accounts, routes, tokens) = (config.accounts.len(), config.routes.len(), config.server.admin_tokens.len());
