@@ -852,6 +852,12 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(2);
 
+    /// The store at `path` with the contract's retention and a 5 s call bound, as a process
+    /// that waits `open_wait` for the file (`take_over`: a graceful upgrade's new process).
+    fn open_at(path: &Path, open_wait: Duration, take_over: bool) -> Result<Embedded, LedgerError> {
+        Embedded::open(path, super::super::contract::RETENTION, Duration::from_secs(5), open_wait, take_over)
+    }
+
     #[tokio::test]
     async fn keeps_the_ledger_contract() {
         let dir = tempfile::tempdir().unwrap();
@@ -877,7 +883,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreadable_record_fails_closed_and_survives_the_sweep() {
         let dir = tempfile::tempdir().unwrap();
-        let l = Embedded::open(&dir.path().join("ledger.redb"), super::super::contract::RETENTION, Duration::from_secs(5), WAIT, false).unwrap();
+        let l = open_at(&dir.path().join("ledger.redb"), WAIT, false).unwrap();
         let id = PaymentId::new("wechat", "m", "from-the-future");
         let Claim::Owned(owned) = l.claim(&id, req()).await.unwrap() else { panic!("owned") };
         assert!(l.complete(&id, &owned.lease, "{}").await.unwrap());
@@ -905,7 +911,7 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_covers_the_whole_store_batch_by_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let l = Embedded::open(&dir.path().join("ledger.redb"), super::super::contract::RETENTION, Duration::from_secs(5), WAIT, false).unwrap();
+        let l = open_at(&dir.path().join("ledger.redb"), WAIT, false).unwrap();
         let total = SWEEP_BATCH * 2 + 7;
         let now = now_ms();
         l.0.with_db(|db| {
@@ -964,10 +970,9 @@ mod tests {
     async fn an_upgrade_shares_the_file_then_takes_it_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.redb");
-        let retention = super::super::contract::RETENTION;
-        let old = Embedded::open(&path, retention, Duration::from_secs(5), WAIT, false).unwrap();
-        assert!(Embedded::open(&path, retention, Duration::from_secs(5), WAIT, false).is_err(), "a second plain start is refused");
-        let new = Embedded::open(&path, retention, Duration::from_secs(5), Duration::from_millis(300), true).unwrap();
+        let old = open_at(&path, WAIT, false).unwrap();
+        assert!(open_at(&path, WAIT, false).is_err(), "a second plain start is refused");
+        let new = open_at(&path, Duration::from_millis(300), true).unwrap();
         let (a, b) = (PaymentId::new("wechat", "m", "a"), PaymentId::new("wechat", "m", "b"));
         let Claim::Owned(Owned { lease, .. }) = old.claim(&a, req()).await.unwrap() else { panic!() };
         // While the old process keeps the file open, the new one waits and then fails closed.
@@ -990,9 +995,8 @@ mod tests {
     async fn an_idle_process_owns_the_store_once_the_old_one_exits_ready_for_the_next_upgrade() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.redb");
-        let retention = super::super::contract::RETENTION;
-        let first = Embedded::open(&path, retention, Duration::from_secs(5), WAIT, false).unwrap();
-        let second = Embedded::open(&path, retention, Duration::from_secs(5), WAIT, true).unwrap();
+        let first = open_at(&path, WAIT, false).unwrap();
+        let second = open_at(&path, WAIT, true).unwrap();
         first.hand_over();
         drop(first);
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -1000,7 +1004,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the second process never owned the store");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let third = Embedded::open(&path, retention, Duration::from_secs(5), Duration::from_millis(300), true).unwrap();
+        let third = open_at(&path, Duration::from_millis(300), true).unwrap();
         assert!(third.0.db.load().is_none(), "the next upgrade's process shares, never owns, while the second lives");
         let id = PaymentId::new("wechat", "m", "after-two-upgrades");
         assert!(matches!(second.claim(&id, req()).await.unwrap(), Claim::Owned(_)), "the running process still serves");
@@ -1011,9 +1015,8 @@ mod tests {
     async fn shared_mode_serves_both_processes_within_a_reply_budget() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.redb");
-        let retention = super::super::contract::RETENTION;
-        let old = Arc::new(Embedded::open(&path, retention, Duration::from_secs(5), Duration::from_secs(3), false).unwrap());
-        let new = Arc::new(Embedded::open(&path, retention, Duration::from_secs(5), Duration::from_secs(3), true).unwrap());
+        let old = Arc::new(open_at(&path, Duration::from_secs(3), false).unwrap());
+        let new = Arc::new(open_at(&path, Duration::from_secs(3), true).unwrap());
         old.hand_over();
         let mut tasks = vec![];
         for worker in 0..8 {
